@@ -1,0 +1,52 @@
+# Newcomer entry points. Everything runs on CPU; a GPU is used when present.
+PY      := .venv/bin/python
+FLOATCTL:= .venv/bin/floatctl
+STAMP   := .venv/.installed
+
+SHARDS  ?= data/shards
+RUN     ?= runs/demo
+STEPS   ?= 300
+# Optional real data and weights: make shards RAVDESS=... FLOAT_CKPT=... WAV2VEC2=... SER=...
+RAVDESS ?=
+FLOAT_CKPT ?=
+WAV2VEC2 ?=
+SER ?=
+
+SHARD_ARGS := --out $(SHARDS) \
+	$(if $(RAVDESS),--ravdess $(RAVDESS)) \
+	$(if $(FLOAT_CKPT),--float-ckpt $(FLOAT_CKPT)) \
+	$(if $(WAV2VEC2),--wav2vec2 $(WAV2VEC2)) \
+	$(if $(SER),--ser $(SER))
+
+.PHONY: install test shards train sample demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+shards: install
+	$(FLOATCTL) shards $(SHARD_ARGS)
+	$(FLOATCTL) inspect $(SHARDS)
+
+train: install
+	$(FLOATCTL) train --data-root $(SHARDS) --out $(RUN) --steps $(STEPS)
+
+sample: install
+	$(FLOATCTL) sample $(RUN)/checkpoints/final.pt --out $(RUN)/samples/final
+
+demo: shards train sample
+
+bench: install
+	$(PY) benchmarks/fmt_step.py
+	$(PY) benchmarks/preprocess.py
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf data runs

@@ -1,0 +1,51 @@
+"""The on-disk contract between the offline stage and the trainer.
+
+One WebDataset sample per clip. Member names (the part after the key) and the
+dtypes stored in them are fixed here and nowhere else; both the writer and the
+streaming dataset import these names.
+"""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+# member suffix -> (dtype on disk, description)
+MOTION = "motion.npy"  # (T, dim_w) float32: per-frame motion latent dec.direction(enc.fc(enc(frame)))
+LAMBDAS = "lambda.npy"  # (T, dim_m) float32: the motion coefficients of each frame
+AUDIO = "audio.npy"  # (T, D) float16: audio features at the video frame rate
+EMOTION = "emotion.npy"  # (7,) float32: one-hot label from the file name (zeros if unknown)
+EMOTION_PROBS = "emotion_probs.npy"  # (7,) float32: speech-emotion model softmax (optional)
+REFERENCE = "ref.jpg"  # small JPEG of the cropped first frame
+META = "meta.json"  # actor, source path and sha256, fps, n_frames, crop box, fingerprints
+
+MOTION_DTYPE = np.float32
+AUDIO_DTYPE = np.float16
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+ERRORS = "errors.jsonl"
+
+# FLOAT's seven emotion classes, in the speech-emotion model's label order.
+EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def encode_json(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, indent=None).encode()
+
+
+def shard_pattern(split: str) -> str:
+    return f"{split}-%06d.tar"
