@@ -1,0 +1,101 @@
+"""Rectified-flow training objective of FLOAT.
+
+x_t = (1 - t) x0 + t x1 with x0 ~ N(0, I) and x1 the current motion latents;
+the FMT predicts the velocity v = x1 - x0. Three L1 terms (each weighted):
+  current    L1(v_hat, v) on the current frames,
+  preceding  L1(output at the preceding positions, the preceding latents), on
+             real preceding frames whose condition was not dropped,
+  velocity   L1 between neighbouring-frame differences of v_hat and v.
+Condition dropout for classifier-free guidance is sampled here, per sample and
+independently per condition (audio, reference, emotion: ``cfg.*_dropout``;
+preceding motion and preceding audio: ``cfg.prev_dropout`` each, as the official
+FMT does), so the loss knows which preceding frames were hidden from the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from float.config import FloatConfig
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    current: float = 1.0
+    preceding: float = 1.0
+    velocity: float = 1.0
+
+
+def sample_condition_keep(cfg: FloatConfig, batch_size: int, device, generator=None) -> dict[str, Tensor]:
+    """Per-sample keep masks (float 0/1, shape (B,)) for each condition."""
+    probs = {
+        "audio": cfg.audio_dropout,
+        "ref": cfg.ref_dropout,
+        "emotion": cfg.emotion_dropout,
+        "prev": cfg.prev_dropout,
+        "prev_audio": cfg.prev_dropout,
+    }
+    u = torch.rand(len(probs), batch_size, device=device, generator=generator)
+    return {name: (u[i] >= p).float() for i, (name, p) in enumerate(probs.items())}
+
+
+def _masked_l1(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
+    """Mean absolute error over positions where mask (broadcastable to a[..., 0]) is 1."""
+    diff = (a - b).abs().mean(-1) * mask
+    return diff.sum() / mask.sum().clamp_min(1.0)
+
+
+def rectified_flow_loss(
+    model,
+    batch: dict[str, Tensor],
+    weights: LossWeights = LossWeights(),
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+    keep: dict[str, Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Loss terms for one batch of windows (keys as yielded by shards.dataset).
+
+    ``t``, ``noise`` and ``keep`` default to fresh random draws; validation
+    passes fixed ones (and keep=all ones) to make the loss deterministic.
+    """
+    x1 = batch["motion"]
+    prev_x = batch["prev_motion"]
+    B, N, _ = x1.shape
+    device = x1.device
+    cfg = model.cfg
+    if t is None:
+        t = torch.rand(B, device=device, generator=generator)
+    if noise is None:
+        noise = torch.randn(x1.shape, device=device, generator=generator, dtype=x1.dtype)
+    if keep is None:
+        keep = sample_condition_keep(cfg, B, device, generator)
+    prev_mask = batch.get("prev_mask")
+    prev_mask = torch.ones(prev_x.shape[:2], device=device) if prev_mask is None else prev_mask.float()
+
+    tt = t.view(B, 1, 1).to(x1.dtype)
+    x_t = (1 - tt) * noise + tt * x1
+    v = x1 - noise
+
+    p_keep = keep["prev"].view(B, 1)
+    out = model(
+        t,
+        x_t,
+        audio=batch["audio"],
+        prev_audio=batch["prev_audio"],
+        wr=batch["ref_motion"] * keep["ref"].view(B, 1),
+        we=batch["emotion"] * keep["emotion"].view(B, 1),
+        prev_x=prev_x * p_keep.unsqueeze(-1),
+        prev_mask=prev_mask * keep["prev_audio"].view(B, 1),
+        audio_keep=keep["audio"],
+    )
+    P = prev_x.shape[1]
+    v_hat, prev_hat = out[:, P:].float(), out[:, :P].float()
+
+    current = (v_hat - v).abs().mean()
+    preceding = _masked_l1(prev_hat, prev_x, prev_mask * p_keep)
+    velocity = (v_hat.diff(dim=1) - v.diff(dim=1)).abs().mean()
+    total = weights.current * current + weights.preceding * preceding + weights.velocity * velocity
+    return {"total": total, "current": current, "preceding": preceding, "velocity": velocity}

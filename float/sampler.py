@@ -1,0 +1,115 @@
+"""ODE sampling of motion from audio.
+
+Fixed-step solvers take exactly ``nfe`` vector-field evaluations:
+  euler     nfe steps of one evaluation,
+  midpoint  nfe/2 steps of two,
+  rk4       nfe/4 steps of four.
+``official_grid=True`` reproduces the official sampler, which integrates
+Euler over ``linspace(0, 1, nfe)``: nfe-1 steps, so nfe-1 evaluations.
+
+Generation is chunked and autoregressive like the official model: audio of any
+length is cut into windows of ``cfg.num_frames``; the last ``num_prev_frames``
+generated latents and their projected audio condition the next window (zeros
+for the first); a short last window is padded by repeating its last frame.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+VectorField = Callable[[Tensor, Tensor], Tensor]  # (t scalar tensor, x) -> dx/dt
+SOLVER_EVALS = {"euler": 1, "midpoint": 2, "rk4": 4}
+
+
+def time_grid(nfe: int, solver: str = "euler", official_grid: bool = False, device=None) -> Tensor:
+    if solver not in SOLVER_EVALS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVER_EVALS)}")
+    per_step = SOLVER_EVALS[solver]
+    if official_grid:
+        if solver != "euler" or nfe < 2:
+            raise ValueError("official_grid reproduces the official Euler sampler: solver 'euler', nfe >= 2")
+        return torch.linspace(0, 1, nfe, device=device)
+    if nfe < per_step or nfe % per_step:
+        raise ValueError(f"solver {solver!r} uses {per_step} evaluations per step; nfe={nfe} is not a positive multiple")
+    return torch.linspace(0, 1, nfe // per_step + 1, device=device)
+
+
+def integrate(f: VectorField, x0: Tensor, nfe: int = 10, solver: str = "euler", official_grid: bool = False) -> Tensor:
+    """Integrate dx/dt = f(t, x) from t=0 to 1 with a fixed-step solver."""
+    grid = time_grid(nfe, solver, official_grid, device=x0.device)
+    x = x0
+    for t0, t1 in zip(grid[:-1], grid[1:]):
+        h = t1 - t0
+        if solver == "euler":
+            x = x + h * f(t0, x)
+        elif solver == "midpoint":
+            x = x + h * f(t0 + h / 2, x + h / 2 * f(t0, x))
+        else:  # rk4
+            k1 = f(t0, x)
+            k2 = f(t0 + h / 2, x + h / 2 * k1)
+            k3 = f(t0 + h / 2, x + h / 2 * k2)
+            k4 = f(t1, x + h * k3)
+            x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return x
+
+
+def _pad_window(x: Tensor, length: int) -> Tensor:
+    """Pad (B, T, C) to ``length`` frames by repeating the last frame (official 'replicate')."""
+    if x.shape[1] >= length:
+        return x
+    return torch.cat([x, x[:, -1:].expand(-1, length - x.shape[1], -1)], dim=1)
+
+
+@torch.no_grad()
+def generate_motion(
+    model,
+    audio: Tensor,
+    wr: Tensor,
+    we: Tensor,
+    nfe: int = 10,
+    solver: str = "euler",
+    a_cfg_scale: float = 2.0,
+    e_cfg_scale: float = 1.0,
+    r_cfg_scale: float = 1.0,
+    seed: int | None = None,
+    official_grid: bool = False,
+    drop_audio: bool = False,
+) -> Tensor:
+    """Motion latents (B, T, dim_w) for audio features (B, T, audio_input_dim).
+
+    ``model`` is a FloatMotionModel; ``wr`` (B, dim_w) the reference motion;
+    ``we`` (B, dim_e) emotion (zeros for none). ``drop_audio`` zeroes the
+    projected audio, the unconditional input the model saw in training,
+    to measure how much the audio drives the motion.
+    """
+    cfg = model.cfg
+    B, T, _ = audio.shape
+    N, P = cfg.num_frames, cfg.num_prev_frames
+    device, dtype = audio.device, wr.dtype
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else torch.seed())
+
+    wa = model.project_audio(audio)
+    if drop_audio:
+        wa = torch.zeros_like(wa)
+    we = we.reshape(B, 1, -1)
+    prev_x = torch.zeros(B, P, cfg.dim_w, device=device, dtype=dtype)
+    prev_wa = torch.zeros(B, P, wa.shape[-1], device=device, dtype=wa.dtype)
+    chunks = []
+    for start in range(0, T, N):
+        wa_t = _pad_window(wa[:, start : start + N], N)
+
+        def field(t: Tensor, x: Tensor) -> Tensor:
+            out = model.fmt.forward_with_cfv(
+                t.reshape(1), x, wa_t, wr, we, prev_x, prev_wa,
+                a_cfg_scale=a_cfg_scale, r_cfg_scale=r_cfg_scale, e_cfg_scale=e_cfg_scale,
+            )
+            return out[:, P:]
+
+        x0 = torch.randn(B, N, cfg.dim_w, device=device, dtype=dtype, generator=generator)
+        sample = integrate(field, x0, nfe, solver, official_grid)
+        chunks.append(sample)
+        prev_x, prev_wa = sample[:, -P:], wa_t[:, -P:]
+    return torch.cat(chunks, dim=1)[:, :T]
