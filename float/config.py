@@ -18,6 +18,7 @@ class FloatConfig:
     input_size: int = 512  # face crop side in pixels
     dim_w: int = 512  # motion latent width (style_dim of the auto-encoder)
     dim_m: int = 20  # motion coefficients (orthonormal directions)
+    ae_width: float = 1.0  # auto-encoder channel multiplier; < 1 only for seeded-random CPU runs
     # conditions
     dim_a: int = 512  # projected audio width (the official model uses dim_w)
     dim_e: int = 7  # emotion classes
@@ -76,9 +77,10 @@ class FloatConfig:
 PRESETS: dict[str, FloatConfig] = {
     # The official defaults (FMT about 157 M parameters).
     "paper": FloatConfig(),
-    # CPU presets: same structure, smaller transformer and face crop.
-    "small": FloatConfig(name="small", input_size=256, dim_h=512, depth=6),
-    "tiny": FloatConfig(name="tiny", input_size=128, dim_h=256, depth=4, num_heads=4),
+    # CPU presets: same structure, smaller transformer, face crop and (random)
+    # auto-encoder channels; latent widths stay official (dim_w 512).
+    "small": FloatConfig(name="small", input_size=256, ae_width=0.25, dim_h=512, depth=6),
+    "tiny": FloatConfig(name="tiny", input_size=128, ae_width=0.125, dim_h=256, depth=4, num_heads=4),
 }
 
 

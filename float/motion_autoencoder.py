@@ -32,6 +32,17 @@ from float.motion_layers import (
 CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
 
 
+def channels_for(width: float) -> dict[int, int]:
+    """Channels per resolution; ``width`` < 1 thins every layer for CPU presets.
+
+    The official model is width 1. A thinner encoder is not compatible with
+    ``float.pth``; it exists so the whole pipeline runs in minutes on a CPU.
+    """
+    if not 0 < width <= 1:
+        raise ValueError(f"motion auto-encoder width must be in (0, 1], got {width}")
+    return {res: max(8, int(round(c * width))) for res, c in CHANNELS.items()}
+
+
 def _check_size(size: int) -> int:
     if size not in CHANNELS or size < 8:
         raise ValueError(f"motion auto-encoder size must be a power of two in [8, 1024], got {size}")
@@ -41,9 +52,10 @@ def _check_size(size: int) -> int:
 class AppearanceEncoder(nn.Module):
     """Official ``EncoderApp``: 1x1 stem, residual downsampling to 4x4, 4x4 conv to the latent."""
 
-    def __init__(self, size: int, style_dim: int):
+    def __init__(self, size: int, style_dim: int, width: float = 1.0):
         super().__init__()
         log_size = _check_size(size)
+        CHANNELS = channels_for(width)
         self.convs = nn.ModuleList([ConvLayer(3, CHANNELS[size], 1)])
         in_channel = CHANNELS[size]
         for i in range(log_size, 2, -1):
@@ -70,9 +82,9 @@ class AppearanceEncoder(nn.Module):
 class MotionEncoder(nn.Module):
     """Official ``Encoder``: appearance network + 5-layer linear MLP to motion coefficients."""
 
-    def __init__(self, size: int, style_dim: int, motion_dim: int):
+    def __init__(self, size: int, style_dim: int, motion_dim: int, width: float = 1.0):
         super().__init__()
-        self.net_app = AppearanceEncoder(size, style_dim)
+        self.net_app = AppearanceEncoder(size, style_dim, width)
         layers = [EqualLinear(style_dim, style_dim) for _ in range(4)]
         layers.append(EqualLinear(style_dim, motion_dim))
         self.fc = nn.Sequential(*layers)
@@ -81,9 +93,10 @@ class MotionEncoder(nn.Module):
 class MotionDecoder(nn.Module):
     """Official ``Synthesis``: flow-warping StyleGAN2 decoder from 4 px up to ``size``."""
 
-    def __init__(self, size: int, style_dim: int, motion_dim: int):
+    def __init__(self, size: int, style_dim: int, motion_dim: int, width: float = 1.0):
         super().__init__()
         log_size = _check_size(size)
+        CHANNELS = channels_for(width)
         self.size = size
         self.direction = Direction(style_dim, motion_dim)
         self.input = ConstantInput(CHANNELS[4])
@@ -121,13 +134,14 @@ class MotionDecoder(nn.Module):
 class MotionAutoEncoder(nn.Module):
     """The official FLOAT ``Generator`` (``enc`` + ``dec``), with a batched API."""
 
-    def __init__(self, size: int = 512, style_dim: int = 512, motion_dim: int = 20):
+    def __init__(self, size: int = 512, style_dim: int = 512, motion_dim: int = 20, width: float = 1.0):
         super().__init__()
         self.size = size
         self.style_dim = style_dim
         self.motion_dim = motion_dim
-        self.enc = MotionEncoder(size, style_dim, motion_dim)
-        self.dec = MotionDecoder(size, style_dim, motion_dim)
+        self.width = width
+        self.enc = MotionEncoder(size, style_dim, motion_dim, width)
+        self.dec = MotionDecoder(size, style_dim, motion_dim, width)
 
     def _check_images(self, images: Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (self.size, self.size):

