@@ -1,0 +1,85 @@
+"""Loader throughput and profile helpers (imported by benchmarks/train_throughput.py).
+
+Run alone: ``.venv/bin/python benchmarks/loader.py [--clips 48 --frames 100 --audio-dim 9216]``
+writes synthetic shards of the given size to a temporary folder and prints
+windows/s for 0..N workers and the top entries of a profile of the stream.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import itertools
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from shards.dataset import TrainWindows, WindowLoader, make_loader, shard_urls  # noqa: E402
+from shards.windows import WindowSpec, collate  # noqa: E402
+
+
+def loader_throughput(loader: WindowLoader, batches: int = 20, warmup: int = 2) -> dict:
+    """Windows/s and batches/s of ``loader`` over ``batches`` batches after ``warmup`` (worker start-up)."""
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    windows = 0
+    start = time.perf_counter()
+    for batch in itertools.islice(it, batches):
+        windows += len(batch["key"])
+    seconds = time.perf_counter() - start
+    return {"windows_per_s": windows / seconds, "batches_per_s": batches / seconds, "seconds": seconds,
+            "batch_size": loader.batch_size, "num_workers": loader.num_workers}
+
+
+def profile_stream(urls: list[str], spec: WindowSpec, windows: int = 512, batch_size: int = 8,
+                   top: int = 15, **dataset_kwargs) -> str:
+    """cProfile of the in-process stream + collate (what each worker does), top entries by own time."""
+    dataset = TrainWindows(urls, spec, **dataset_kwargs)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    stream = iter(dataset)
+    for _ in range(windows // batch_size):
+        collate(list(itertools.islice(stream, batch_size)))
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=48)
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--dim-w", type=int, default=512)
+    parser.add_argument("--audio-dim", type=int, default=9216)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--max-workers", type=int, default=2)
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO / "tests"))
+    from shard_factory import make_shards
+
+    spec = WindowSpec()
+    with tempfile.TemporaryDirectory() as folder:
+        t0 = time.perf_counter()
+        make_shards(folder, {"train": args.clips}, frames=args.frames, dim_w=args.dim_w,
+                    audio_dim=args.audio_dim, clips_per_shard=8)
+        print(f"wrote {args.clips} clips x {args.frames} frames (D={args.dim_w}, A={args.audio_dim}) "
+              f"in {time.perf_counter() - t0:.1f}s")
+        urls = shard_urls(folder, "train")
+        for workers in range(args.max_workers + 1):
+            loader = make_loader(urls, spec, args.batch_size, num_workers=workers, seed=0)
+            r = loader_throughput(loader, args.batches)
+            print(f"workers={workers}: {r['windows_per_s']:.0f} windows/s ({r['batches_per_s']:.1f} batches/s)")
+        print(profile_stream(urls, spec, windows=args.batches * args.batch_size, batch_size=args.batch_size))
+
+
+if __name__ == "__main__":
+    main()
