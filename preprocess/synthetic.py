@@ -106,9 +106,11 @@ def _tinted(image: np.ndarray, gains: np.ndarray, offset: float) -> np.ndarray:
 
 def _head_transform(t: float, opening: float, base: np.ndarray, phases: np.ndarray) -> np.ndarray:
     """Affine map astronaut -> canvas: the actor's placement plus sway and a speech nod."""
-    angle = 2.0 * np.sin(2 * np.pi * 0.35 * t + phases[0]) + 1.5 * opening
-    dx = 5.0 * np.sin(2 * np.pi * 0.23 * t + phases[1])
-    dy = 3.0 * np.sin(2 * np.pi * 0.31 * t + phases[2]) + 3.0 * opening
+    # The free sway is kept small next to the speech-driven nod, so most of the
+    # motion a (random-weight) encoder sees is predictable from the audio.
+    angle = 0.8 * np.sin(2 * np.pi * 0.35 * t + phases[0]) + 4.0 * opening
+    dx = 2.0 * np.sin(2 * np.pi * 0.23 * t + phases[1])
+    dy = 1.2 * np.sin(2 * np.pi * 0.31 * t + phases[2]) + 8.0 * opening
     rotation = cv2.getRotationMatrix2D(FACE_CENTRE, angle, 1.0)
     rotation = np.vstack([rotation, [0, 0, 1]])
     moved = base.copy()
@@ -206,7 +208,7 @@ def _make_clip(path: Path, photo: np.ndarray, look: ActorLook, seed: int, actor:
         for k in range(n_frames):
             image = face.copy()
             amount = float(opening[k])
-            axes = (MOUTH_HALF_WIDTH + int(2 * amount), 1 + int(10 * amount))
+            axes = (MOUTH_HALF_WIDTH + int(6 * amount), 1 + int(22 * amount))
             cv2.ellipse(image, MOUTH_CENTRE, axes, 0, 0, 360, (70, 20, 30), -1, lineType=cv2.LINE_AA)
             matrix = _head_transform(k / float(VIDEO_RATE), amount, look.placement, phases)
             yield cv2.warpAffine(image, matrix, size, flags=cv2.INTER_LINEAR,
