@@ -1,0 +1,41 @@
+"""floatctl: a thin command-line front over the project's stages.
+
+Each command lives next to the code it drives; this file only registers them.
+"""
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="floatctl",
+    help="Train FLOAT (audio-driven talking portraits): make shards, train the FMT, sample and render.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    from preprocess.command import inspect, shards
+    from trainer.command import train
+
+    app.command(help="Turn RAVDESS or a folder of talking-head clips into WebDataset shards.")(shards)
+    app.command(help="Validate a shard folder against its manifest and print a summary.")(inspect)
+    app.command(help="Train the Flow Matching Transformer on shards.")(train)
+    try:
+        from trainer.sample_command import export, sample
+    except ImportError:  # sampling lands with its own issue
+        return
+    app.command(help="Generate motion from audio with a checkpoint and render it.")(sample)
+    app.command(help="Write an official-format state dict (fmt.*, audio projection) from a checkpoint.")(export)
+
+
+_register()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

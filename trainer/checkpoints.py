@@ -1,0 +1,219 @@
+"""Training checkpoints: atomic writes, a `latest` pointer, rotation and safe loading.
+
+Layout inside ``runs/NAME/checkpoints/``:
+  step_00001000.pt ...   the last K periodic checkpoints
+  latest                 text file naming the newest good checkpoint
+  final.pt               written when the run completes
+
+A checkpoint is a dict of tensors and plain Python values only (config and
+settings as dicts, RNG states as tensors/lists), so it loads with
+``torch.load(weights_only=True)``: a file holding a pickle that would run code
+is refused by the restricted unpickler before anything executes.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+CHECKPOINT_VERSION = 1
+LATEST = "latest"
+FINAL = "final.pt"
+STEP_NAME = re.compile(r"^step_(\d{8})\.pt$")
+REQUIRED_KEYS = ("version", "step", "model", "config")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and the reason."""
+
+
+def step_filename(step: int) -> str:
+    return f"step_{step:08d}.pt"
+
+
+# ---------------------------------------------------------------- RNG states
+def capture_rng_state() -> dict:
+    """Global RNG states of torch (CPU and CUDA), numpy and python, as weights_only-safe values."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "algorithm": str(np_state[0]),
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_version, "internal": list(py_internal), "gauss": py_gauss},
+        "cuda": [],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["algorithm"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# ---------------------------------------------------------------- writing
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform/filesystem.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, write: Callable[[object], None]) -> None:
+    """Write through ``write(file)`` to a temporary name, fsync, then rename over ``path``.
+
+    A crash (even SIGKILL) leaves either the old file or the new one, never a torn one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def write_latest_pointer(ckpt_dir: Path, name: str) -> None:
+    atomic_write_bytes(Path(ckpt_dir) / LATEST, lambda f: f.write((name + "\n").encode()))
+
+
+def save_checkpoint(ckpt_dir: str | Path, state: dict, step: int, keep: int = 3) -> Path:
+    """Save ``state`` as step_<step>.pt, point ``latest`` at it, keep the newest ``keep`` (0 = all)."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(ckpt_dir)
+    path = ckpt_dir / step_filename(step)
+    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    write_latest_pointer(ckpt_dir, path.name)
+    if keep > 0:
+        for old in list_step_checkpoints(ckpt_dir)[:-keep]:
+            if old != path:
+                old.unlink(missing_ok=True)
+    return path
+
+
+def save_final(ckpt_dir: str | Path, state: dict) -> Path:
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / FINAL
+    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    write_latest_pointer(ckpt_dir, path.name)
+    return path
+
+
+# ---------------------------------------------------------------- reading
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a training checkpoint with weights_only=True; CheckpointError names the file and reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
+            raise CheckpointError(
+                f"checkpoint {path}: refused, it holds Python objects other than tensors and plain "
+                f"containers (a pickle could run code on load; nothing was executed). Detail: "
+                f"{str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"checkpoint {path}: unreadable pickle (truncated or corrupt): {e}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path}: cannot be read, the file is truncated or corrupt "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path}: expected a dict, found {type(state).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path}: not a training checkpoint of this trainer "
+                              f"(missing keys {missing}; an official float.pth goes to --init)")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise CheckpointError(f"checkpoint {path}: format version {state['version']}, "
+                              f"this trainer reads version {CHECKPOINT_VERSION}")
+    return state
+
+
+def list_step_checkpoints(ckpt_dir: str | Path) -> list[Path]:
+    """Periodic checkpoints in ``ckpt_dir``, oldest first."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := STEP_NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resume_candidates(ckpt_dir: str | Path) -> list[Path]:
+    """Checkpoints to try for ``--resume auto``, best first: final.pt, then the step files newest first.
+
+    Ordered by step rather than by the `latest` pointer: a run killed between writing a checkpoint and
+    updating the pointer leaves a complete newer file, which should not be thrown away."""
+    ckpt_dir = Path(ckpt_dir)
+    ordered: list[Path] = []
+    final = ckpt_dir / FINAL
+    if final.is_file():
+        ordered.append(final)
+    ordered += list(reversed(list_step_checkpoints(ckpt_dir)))
+    pointer = ckpt_dir / LATEST
+    if pointer.is_file():  # a checkpoint under another name that the pointer was set to by hand
+        name = pointer.read_text().strip()
+        if name and "/" not in name and (ckpt_dir / name).is_file() and ckpt_dir / name not in ordered:
+            ordered.append(ckpt_dir / name)
+    return ordered
+
+
+def remove_stale_temporaries(ckpt_dir: str | Path) -> None:
+    """Delete temporary files left by a writer that was killed mid-write (other process ids)."""
+    mine = f".tmp-{os.getpid()}"
+    for p in Path(ckpt_dir).glob(".*.tmp-*"):
+        if not p.name.endswith(mine):
+            p.unlink(missing_ok=True)
+
+
+def find_resume_checkpoint(ckpt_dir: str | Path, warn: Callable[[str], None] = print) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads, skipping (with a warning) truncated or refused ones."""
+    for path in resume_candidates(ckpt_dir):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as e:
+            warn(f"warning: skipping {e}")
+    return None
+
+
+def resolve_resume(resume: str | None, ckpt_dir: str | Path,
+                   warn: Callable[[str], None] = print) -> tuple[Path, dict] | None:
+    """``--resume``: None/"" -> fresh start; "auto" -> newest good checkpoint or fresh; else a path."""
+    if not resume:
+        return None
+    if resume == "auto":
+        return find_resume_checkpoint(ckpt_dir, warn)
+    path = Path(resume)
+    return path, load_checkpoint(path)

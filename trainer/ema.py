@@ -1,0 +1,46 @@
+"""Exponential moving average of the model weights (used for validation and samples)."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """Keeps ``shadow``, a frozen copy of the model whose float weights track
+    ``decay * shadow + (1 - decay) * weights`` after each optimizer step.
+
+    Buffers (fixed tables, masks) are copied as they are."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999):
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+        self.decay = decay
+        self.shadow = copy.deepcopy(model).eval()
+        self.shadow.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float | None = None) -> None:
+        """One EMA step towards ``model``'s weights (``decay`` overrides the default, e.g. during warmup)."""
+        decay = self.decay if decay is None else decay
+        ema_params = dict(self.shadow.named_parameters())
+        shadow, current = [], []
+        for name, p in model.named_parameters():
+            target = ema_params[name]
+            if p.requires_grad and target.is_floating_point():
+                shadow.append(target)
+                current.append(p.detach())
+            else:  # frozen tables follow the model exactly
+                target.copy_(p)
+        if shadow:
+            # shadow += (1 - decay) * (current - shadow), one fused op over all tensors
+            torch._foreach_lerp_(shadow, current, 1.0 - decay)
+        for (_, b_ema), (_, b) in zip(self.shadow.named_buffers(), model.named_buffers()):
+            b_ema.copy_(b)
+
+    def state_dict(self) -> dict:
+        return self.shadow.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.shadow.load_state_dict(state)
