@@ -61,19 +61,23 @@ def rectified_flow_loss(
     ``t``, ``noise`` and ``keep`` default to fresh random draws; validation
     passes fixed ones (and keep=all ones) to make the loss deterministic.
     """
-    x1 = batch["motion"]
-    prev_x = batch["prev_motion"]
+    core = getattr(model, "module", model)  # DDP wraps the model
+    cfg = core.cfg
+    prev_mask = batch.get("prev_mask")
+    prev_mask = torch.ones(batch["prev_motion"].shape[:2], device=batch["motion"].device) if prev_mask is None else prev_mask.float()
+    # The flow is learned on normalised latents (identity for the official model);
+    # padded preceding frames stay zero, as the sampler feeds for the first window.
+    x1 = core.normalize_motion(batch["motion"])
+    prev_x = core.normalize_motion(batch["prev_motion"]) * prev_mask.unsqueeze(-1)
+    ref = core.normalize_motion(batch["ref_motion"])
     B, N, _ = x1.shape
     device = x1.device
-    cfg = model.cfg
     if t is None:
         t = torch.rand(B, device=device, generator=generator)
     if noise is None:
         noise = torch.randn(x1.shape, device=device, generator=generator, dtype=x1.dtype)
     if keep is None:
         keep = sample_condition_keep(cfg, B, device, generator)
-    prev_mask = batch.get("prev_mask")
-    prev_mask = torch.ones(prev_x.shape[:2], device=device) if prev_mask is None else prev_mask.float()
 
     tt = t.view(B, 1, 1).to(x1.dtype)
     x_t = (1 - tt) * noise + tt * x1
@@ -85,7 +89,7 @@ def rectified_flow_loss(
         x_t,
         audio=batch["audio"],
         prev_audio=batch["prev_audio"],
-        wr=batch["ref_motion"] * keep["ref"].view(B, 1),
+        wr=ref * keep["ref"].view(B, 1),
         we=batch["emotion"] * keep["emotion"].view(B, 1),
         prev_x=prev_x * p_keep.unsqueeze(-1),
         prev_mask=prev_mask * keep["prev_audio"].view(B, 1),

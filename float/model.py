@@ -7,6 +7,7 @@ modules. Attribute names reproduce the official checkpoint's keys:
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from float.audio_encoder import AudioProjection
@@ -28,6 +29,31 @@ class FloatMotionModel(nn.Module):
         self.cfg = cfg
         self.fmt = FlowMatchingTransformer(cfg)
         self.audio_encoder = _AudioProjectionHolder(cfg.audio_input_dim, cfg.dim_a)
+        # Per-dimension motion statistics. Identity (0, 1) means raw latents, as the
+        # official model uses; latents of a seeded random encoder have an arbitrary,
+        # tiny scale, so the trainer standardises them with statistics of the data.
+        self.register_buffer("motion_mean", torch.zeros(cfg.dim_w))
+        self.register_buffer("motion_std", torch.ones(cfg.dim_w))
+
+    @torch.no_grad()
+    def set_motion_stats(self, mean: Tensor, std: Tensor) -> None:
+        if mean.shape != self.motion_mean.shape or std.shape != self.motion_std.shape:
+            raise ValueError(f"motion stats must have shape ({self.cfg.dim_w},), got {tuple(mean.shape)}, {tuple(std.shape)}")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+            raise ValueError("motion stats must be finite with a positive std")
+        self.motion_mean.copy_(mean)
+        self.motion_std.copy_(std)
+
+    @property
+    def normalizes_motion(self) -> bool:
+        return bool((self.motion_mean != 0).any() or (self.motion_std != 1).any())
+
+    def normalize_motion(self, x: Tensor) -> Tensor:
+        """Raw motion latents (..., dim_w) -> the space the flow is learned in."""
+        return (x - self.motion_mean) / self.motion_std
+
+    def denormalize_motion(self, x: Tensor) -> Tensor:
+        return x * self.motion_std + self.motion_mean
 
     def project_audio(self, features: Tensor) -> Tensor:
         """(B, T, audio_input_dim) precomputed features -> (B, T, dim_a)."""

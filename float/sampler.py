@@ -77,7 +77,7 @@ def generate_motion(
     official_grid: bool = False,
     drop_audio: bool = False,
 ) -> Tensor:
-    """Motion latents (B, T, dim_w) for audio features (B, T, audio_input_dim).
+    """Raw motion latents (B, T, dim_w) for audio features (B, T, audio_input_dim).
 
     ``model`` is a FloatMotionModel; ``wr`` (B, dim_w) the reference motion;
     ``we`` (B, dim_e) emotion (zeros for none). ``drop_audio`` zeroes the
@@ -91,6 +91,7 @@ def generate_motion(
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else torch.seed())
 
+    wr = model.normalize_motion(wr)  # the flow lives in the model's (normalised) latent space
     wa = model.project_audio(audio)
     if drop_audio:
         wa = torch.zeros_like(wa)
@@ -112,4 +113,4 @@ def generate_motion(
         sample = integrate(field, x0, nfe, solver, official_grid)
         chunks.append(sample)
         prev_x, prev_wa = sample[:, -P:], wa_t[:, -P:]
-    return torch.cat(chunks, dim=1)[:, :T]
+    return model.denormalize_motion(torch.cat(chunks, dim=1)[:, :T])

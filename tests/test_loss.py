@@ -5,7 +5,17 @@ from float.config import get_preset
 from float.loss import LossWeights, rectified_flow_loss, sample_condition_keep
 
 
-class Oracle(nn.Module):
+class IdentityNorm:
+    """The official model's (identity) motion normalisation."""
+
+    def normalize_motion(self, x):
+        return x
+
+    def denormalize_motion(self, x):
+        return x
+
+
+class Oracle(IdentityNorm, nn.Module):
     """Predicts the exact velocity and preceding latents, plus chosen errors."""
 
     def __init__(self, cfg, batch, noise, cur_err=None, prev_err=None):

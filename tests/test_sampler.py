@@ -68,7 +68,17 @@ class CopyPrevFMT(nn.Module):
         return torch.cat([prev_x, v], dim=1)
 
 
-class FakeModel(nn.Module):
+class IdentityNorm:
+    """The official model's (identity) motion normalisation."""
+
+    def normalize_motion(self, x):
+        return x
+
+    def denormalize_motion(self, x):
+        return x
+
+
+class FakeModel(IdentityNorm, nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg

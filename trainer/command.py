@@ -42,6 +42,10 @@ def train(
     preset: Optional[str] = typer.Option(None, help="paper, small or tiny (default: paper on CUDA, tiny on CPU)."),
     init: Optional[Path] = typer.Option(None, help="Official float.pth: start from its fmt.* and audio projection."),
     seed: int = typer.Option(0, help="Seed of the weights, the data stream and the flow noise."),
+    normalize_motion: str = typer.Option(
+        "auto", help="Standardise motion latents per dimension with train-shard statistics (stored in the "
+                     "checkpoint): auto = when the shards' motion encoder had random weights; on; off (raw "
+                     "latents, as the official model; always off with --init)."),
     grad_accum: int = typer.Option(1, help="Micro-batches per optimizer step."),
     warmup: int = typer.Option(-1, help="Linear warmup steps (-1: 5% of --steps, at most 1000)."),
     schedule: str = typer.Option("constant", help="After warmup: constant or cosine (to 10% of --lr)."),
@@ -67,7 +71,7 @@ def train(
             ema_decay=ema_decay, precision=precision, compile=compile, deterministic=deterministic, device=device,
             num_workers=num_workers, seed=seed, log_step=log_step, val_step=val_step, sample_step=sample_step,
             save_step=save_step, keep=keep, resume=resume, init=str(init) if init else None,
-            max_nonfinite=max_nonfinite, progress=progress)
+            max_nonfinite=max_nonfinite, progress=progress, normalize_motion=normalize_motion)
         result = run_training(settings)
     except (TrainingError, CheckpointError, ShardError) as e:
         _fail(str(e))

@@ -42,6 +42,7 @@ from float.model import FloatMotionModel, count_parameters
 from float.motion_autoencoder import MotionAutoEncoder
 from shards.dataset import KNOWN_MEMBERS, ValWindows, check_compatible, make_loader, manifest_dims, shard_urls
 from shards.manifest import read_manifest
+from shards.stats import motion_statistics
 from shards.windows import WindowSpec
 from trainer import checkpoints as ckpt
 from trainer.distributed import DistInfo, all_reduce_max, all_reduce_mean, barrier, init_distributed, wrap_ddp
@@ -87,6 +88,7 @@ class TrainSettings:
     keep: int = 3
     resume: str | None = None  # None, "auto" or a checkpoint path
     init: str | None = None  # official float.pth to fine-tune
+    normalize_motion: str = "auto"  # auto: standardise latents of a random-weight motion encoder; on; off
     max_nonfinite: int = 20  # this many non-finite losses in a row stop the run
     windows_per_clip: int = 4
     shuffle_buffer: int = 64
@@ -235,6 +237,15 @@ def _official_motion_fingerprint(state: dict[str, Tensor], size: int, path: str)
         raise TrainingError(f"--init {path}: its motion auto-encoder does not fit the shards' {size}px encoder, so "
                             f"the shards were encoded with another one ({str(e).splitlines()[0]})") from None
     return state_fingerprint(encoder)
+
+
+def _wants_motion_normalization(mode: str, manifest: dict) -> bool:
+    """Random-encoder latents have an arbitrary tiny scale: standardise them. Real ones stay raw (official)."""
+    if mode not in ("auto", "on", "off"):
+        raise TrainingError(f"--normalize-motion must be auto, on or off, got {mode!r}")
+    if mode == "auto":
+        return bool(manifest.get("encoders", {}).get("motion", {}).get("random", False))
+    return mode == "on"
 
 
 def _init_from_official(model: FloatMotionModel, state: dict[str, Tensor], path: str, log: RunLogger) -> None:
@@ -393,6 +404,11 @@ def _prepare(s: TrainSettings, info: DistInfo) -> _Run:
         if official is not None:
             _init_from_official(model, official, s.init, log)
             del official
+        elif resumed is None and _wants_motion_normalization(s.normalize_motion, manifest):
+            mean, std, frames = motion_statistics(train_urls)
+            model.set_motion_stats(torch.from_numpy(mean).to(device), torch.from_numpy(std).to(device))
+            log.info(f"motion latents standardised with statistics of {frames} train frames "
+                     f"(mean |mean| {abs(mean).mean():.3g}, mean std {std.mean():.3g}); --normalize-motion off to keep raw")
         # A resumed run keeps its learning rate and warmup unless they are given again explicitly.
         saved = resumed[1].get("schedule", {}) if resumed else {}
         lr = s.lr if s.lr is not None else saved.get("lr", 1e-5 if s.init else 1e-4)

@@ -1,0 +1,38 @@
+"""Per-dimension statistics of the motion latents in a set of shards."""
+from __future__ import annotations
+
+import numpy as np
+
+from shards.dataset import iter_tar_samples
+from shards.format import MOTION, decode_npy
+
+
+def motion_statistics(urls: list[str], max_clips: int = 256) -> tuple[np.ndarray, np.ndarray, int]:
+    """(mean, std, frames) over every frame of up to ``max_clips`` clips, taken round-robin over the shards.
+
+    float64 accumulation; the std is floored so a constant dimension cannot divide by zero.
+    """
+    iterators = [iter_tar_samples(u) for u in urls]
+    total = total_sq = None
+    frames = clips = 0
+    while iterators and clips < max_clips:
+        for it in list(iterators):
+            sample = next(it, None)
+            if sample is None:
+                iterators.remove(it)
+                continue
+            members = sample[1]
+            if MOTION not in members:
+                continue
+            m = decode_npy(members[MOTION]).astype(np.float64)
+            total = m.sum(0) if total is None else total + m.sum(0)
+            total_sq = (m**2).sum(0) if total_sq is None else total_sq + (m**2).sum(0)
+            frames += len(m)
+            clips += 1
+            if clips >= max_clips:
+                break
+    if not frames:
+        raise ValueError(f"no motion latents found in {len(urls)} shard(s) to compute statistics from")
+    mean = total / frames
+    std = np.sqrt(np.maximum(total_sq / frames - mean**2, 0.0))
+    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32), frames
