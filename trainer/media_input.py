@@ -1,0 +1,88 @@
+"""User inputs for `floatctl sample`: a speech file and a reference portrait.
+
+Audio: wav / mp3 / flac, or the audio track of a video, decoded with PyAV
+(preprocess.media.decode_audio) to 16 kHz mono float32. Image: any size and
+format OpenCV reads, face-cropped the way the shard stage crops clips
+(preprocess.face: Haar detector at 360p, official 1.6x framing, black padding)
+or, with ``crop=False``, only resized as the official ``--no_crop`` does.
+
+Every refusal is an ``InputError`` whose message names the file and the reason.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from preprocess.face import crop_box_from_detections, crop_frame, detect_face, resize_frame
+from preprocess.media import ClipError, decode_audio
+
+SAMPLING_RATE = 16000
+SAMPLES_PER_FRAME = 640  # one 25 fps video frame at 16 kHz
+# Peak amplitude under which a waveform counts as silence (-80 dBFS): digital
+# silence or a muted track, which would give the model nothing to follow.
+SILENCE_PEAK = 1e-4
+
+
+class InputError(ValueError):
+    """An audio or image input that cannot be used; the message names the file and why."""
+
+
+def load_audio(path: str | Path, sr: int = SAMPLING_RATE, samples_per_frame: int = SAMPLES_PER_FRAME,
+               silence_peak: float = SILENCE_PEAK) -> np.ndarray:
+    """The first audio track of ``path`` as float32 mono at ``sr`` Hz.
+
+    Raises InputError when the file is missing or unreadable, has no audio,
+    is shorter than one video frame, or is silent.
+    """
+    path = Path(path)
+    try:
+        audio = decode_audio(str(path), sr=sr)
+    except ClipError as e:
+        raise InputError(f"audio {path}: {e.reason}") from None
+    if len(audio) < samples_per_frame:
+        raise InputError(f"audio {path}: {len(audio)} samples ({1000 * len(audio) / sr:.0f} ms) at {sr} Hz is "
+                         f"shorter than one video frame ({samples_per_frame} samples, "
+                         f"{1000 * samples_per_frame / sr:.0f} ms)")
+    peak = float(np.abs(audio).max())
+    if not np.isfinite(peak):
+        raise InputError(f"audio {path}: holds NaN or infinite samples")
+    if peak < silence_peak:
+        raise InputError(f"audio {path}: the audio is silent (peak amplitude {peak:.1e}); "
+                         "give speech to drive the motion")
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB (alpha dropped, grey expanded); InputError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image {path}: no such file")
+    data = np.fromfile(path, dtype=np.uint8)  # fromfile + imdecode: also works for non-ASCII paths
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise InputError(f"image {path}: unreadable (not an image format OpenCV can decode, or truncated)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def crop_face(image: np.ndarray, size: int, source: str = "image") -> np.ndarray:
+    """The face crop of one image at size x size, framed like the shard stage's clip crop."""
+    box = detect_face(image)
+    if box is None:
+        raise InputError(f"image {source}: no face detected (pass --no-crop if it is already a face crop)")
+    return crop_frame(image, crop_box_from_detections([box]), size)
+
+
+def load_reference_image(path: str | Path, size: int, crop: bool = True,
+                         warn: Callable[[str], None] = print) -> np.ndarray:
+    """The reference portrait as (size, size, 3) uint8 RGB, face-cropped unless ``crop`` is False."""
+    image = read_image(path)
+    if crop:
+        return crop_face(image, size, str(path))
+    h, w = image.shape[:2]
+    if abs(h - w) > 0.02 * max(h, w):
+        # The official --no_crop also stretches; say so, the face will look squashed.
+        warn(f"warning: image {path} is {w}x{h}, not square; --no-crop stretches it to {size}x{size}")
+    return resize_frame(image, size)
