@@ -5,7 +5,7 @@ STAMP   := .venv/.installed
 
 SHARDS  ?= data/shards
 RUN     ?= runs/demo
-STEPS   ?= 300
+STEPS   ?= 1500
 # Optional real data and weights: make shards RAVDESS=... FLOAT_CKPT=... WAV2VEC2=... SER=...
 RAVDESS ?=
 FLOAT_CKPT ?=
@@ -35,13 +35,17 @@ shards: install
 	$(FLOATCTL) shards $(SHARD_ARGS)
 	$(FLOATCTL) inspect $(SHARDS)
 
+# A short CPU run of the tiny preset; `--resume auto` makes a second `make train` continue it.
 train: install
-	$(FLOATCTL) train --data-root $(SHARDS) --out $(RUN) --steps $(STEPS)
+	$(FLOATCTL) train --data-root $(SHARDS) --out $(RUN) --steps $(STEPS) --resume auto \
+		--log-step 100 --val-step 500 --save-step 500 --sample-step 0
 
 sample: install
-	$(FLOATCTL) sample $(RUN)/checkpoints/final.pt --out $(RUN)/samples/final
+	$(FLOATCTL) sample $(RUN)/checkpoints/final.pt
 
+# The end-to-end job on the built-in default: synthetic shards, training, samples.
 demo: shards train sample
+	@echo "demo done: metrics in $(RUN)/metrics.jsonl, samples (videos, plots) in $(RUN)/samples/"
 
 bench: install
 	$(PY) benchmarks/fmt_step.py

@@ -17,6 +17,8 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from float.config import get_preset
+
 from preprocess import pipeline
 from preprocess.clip import prepare_clip
 from preprocess.command import shards as shards_command
@@ -90,7 +92,7 @@ def test_run_writes_valid_shards_split_by_actor(first_run, synth):
     # The stored latents are what the encoder gives for the prepared clip.
     src = discover(synth)[0][0]
     clip = prepare_clip(src, 8, crop="none")
-    encoder = build_encoder(8, log=lambda m: None)
+    encoder = build_encoder(8, log=lambda m: None, ae_width=get_preset("tiny").ae_width)  # the default preset's
     enc = encoder.encode(clip.frames, clip.audio)
     np.testing.assert_array_equal(decode_npy(samples[src.clip_id][MOTION]), enc.motion)
     np.testing.assert_array_equal(decode_npy(samples[src.clip_id][AUDIO]), enc.audio)

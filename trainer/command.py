@@ -31,7 +31,7 @@ def train(
     steps: int = typer.Option(10000, help="Optimizer steps to train to (a resumed run continues up to this)."),
     data_root: Path = typer.Option(Path("data/shards"), help="Shard folder holding manifest.json."),
     batch_size: int = typer.Option(8, help="Windows per micro-batch per process (the paper: 8)."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: 1e-4 from scratch, 1e-5 with --init)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default from scratch: paper 1e-4, small 3e-4, tiny 1e-3; 1e-5 with --init)."),
     num_workers: int = typer.Option(-1, help="DataLoader workers per process (-1: 0 on CPU, up to 4 per GPU)."),
     log_step: int = typer.Option(100, help="Log losses, lr, grad norm, samples/s every N steps."),
     val_step: int = typer.Option(1000, help="Validation loss and generation error every N steps (0: never)."),
