@@ -202,7 +202,7 @@ class ShardWriter:
         tmp = self.folder / (self._name + TMP_SUFFIX)
         final = self.folder / self._name
         os.replace(tmp, final)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         info = ShardInfo(self._name, len(self._keys), self._hasher.count,
                          self._hasher.sha.hexdigest(), list(self._keys))
         self._tar = None
@@ -212,7 +212,7 @@ class ShardWriter:
             self.on_complete(info)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make the rename itself durable (best effort: not every filesystem allows it)."""
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -22,6 +22,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from shards.writer import fsync_dir
+
 CHECKPOINT_VERSION = 1
 LATEST = "latest"
 FINAL = "final.pt"
@@ -72,20 +74,6 @@ def restore_rng_state(state: dict) -> None:
 
 
 # ---------------------------------------------------------------- writing
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform/filesystem.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_write_bytes(path: Path, write: Callable[[object], None]) -> None:
     """Write through ``write(file)`` to a temporary name, fsync, then rename over ``path``.
 
@@ -101,7 +89,7 @@ def atomic_write_bytes(path: Path, write: Callable[[object], None]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_latest_pointer(ckpt_dir: Path, name: str) -> None:
