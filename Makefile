@@ -5,7 +5,7 @@ STAMP   := .venv/.installed
 
 SHARDS  ?= data/shards
 RUN     ?= runs/demo
-STEPS   ?= 1500
+STEPS   ?= 1000
 # Optional real data and weights: make shards RAVDESS=... FLOAT_CKPT=... WAV2VEC2=... SER=...
 RAVDESS ?=
 FLOAT_CKPT ?=
