@@ -38,7 +38,7 @@ shards: install
 # A short CPU run of the tiny preset; `--resume auto` makes a second `make train` continue it.
 train: install
 	$(FLOATCTL) train --data-root $(SHARDS) --out $(RUN) --steps $(STEPS) --resume auto \
-		--log-step 100 --val-step 500 --save-step 500 --sample-step 0
+		--log-step 100 --val-step 500 --save-step 500 --sample-step 500
 
 sample: install
 	$(FLOATCTL) sample $(RUN)/checkpoints/final.pt

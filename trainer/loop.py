@@ -119,10 +119,6 @@ class TrainResult:
     ema_model: nn.Module | None = None
 
 
-def on_samples(path: Path) -> None:
-    """Hook called with each saved motion-sample file; rendering video from it comes in a later issue."""
-
-
 # ---------------------------------------------------------------- defaults and small helpers
 def default_preset(device: torch.device) -> str:
     return "paper" if device.type == "cuda" else "tiny"
@@ -557,16 +553,21 @@ def _train_step(run: _Run, step: int, batches, loss_fn, timing: dict) -> tuple[T
 # ---------------------------------------------------------------- the run
 def train(settings: TrainSettings, info: DistInfo | None = None,
           loss_fn: Callable[..., dict] = rectified_flow_loss,
-          samples_hook: Callable[[Path], None] = on_samples) -> TrainResult:
+          samples_hook: Callable[[Path], None] | None = None) -> TrainResult:
     """Train to ``settings.steps`` optimizer steps (or until SIGTERM/SIGINT) and return where it ended.
 
-    ``loss_fn`` has rectified_flow_loss's signature (tests inject failures through it)."""
+    ``loss_fn`` has rectified_flow_loss's signature (tests inject failures through it);
+    ``samples_hook`` gets each saved motion-sample file (default: render it to video)."""
     s = settings
     if s.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # must precede CUDA work
     info = info or init_distributed(s.device)
     run = _prepare(s, info)
     log, use_scaler = run.log, run.scaler.is_enabled()
+    if samples_hook is None:
+        from trainer.sample_render import SampleRenderer
+
+        samples_hook = SampleRenderer(run.manifest, s.data_root, run.cfg.dim_w, log.info)
     global_batch = s.batch_size * s.grad_accum * info.world_size
     step, last_val, consecutive_bad = run.start_step, {}, 0
     final_path, stopped_by = None, None

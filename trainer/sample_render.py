@@ -1,0 +1,71 @@
+"""Rendering the motion samples the trainer saves every --sample-step.
+
+Each saved window is decoded by the motion auto-encoder the shards were made
+with (official weights, or the same seeded random ones), from its clip's
+reference image, next to its ground truth: ``step_N.pt`` -> ``step_N/KEY.mp4``.
+Without decoder weights the samples stay latents, said once in the log.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from shards.format import REFERENCE
+from trainer.generate import SampleError, _decode_image, build_motion_autoencoder, iter_tar_samples
+from trainer.render import encode_reference, render_motion, side_by_side, write_mp4
+
+
+class SampleRenderer:
+    """A ``samples_hook`` for trainer.loop.train: renders ground truth | generated videos."""
+
+    def __init__(self, manifest: dict, data_root: str | Path, dim_w: int, log: Callable[[str], None] = print):
+        self.manifest, self.data_root, self.dim_w, self.log = manifest, Path(data_root), dim_w, log
+        self._decoder = None
+        self._references: dict[str, object] = {}
+
+    def _autoencoder(self):
+        if self._decoder is None:
+            try:
+                self._decoder = build_motion_autoencoder(self.manifest, dim_w=self.dim_w)
+            except SampleError as e:
+                self._decoder = False
+                self.log(f"samples are not rendered: {e}")
+                return None
+            if self._decoder.autoencoder is None:
+                self.log(f"samples are saved as latents only: {self._decoder.note}")
+            elif self._decoder.random:
+                self.log("samples are rendered by a motion decoder with SEEDED RANDOM weights: not a face")
+        return self._decoder.autoencoder if self._decoder else None
+
+    def _reference_images(self, keys: list[str]) -> dict:
+        """ref.jpg of each key, read once from the val shards."""
+        missing = set(keys) - set(self._references)
+        shards = self.manifest.get("splits", {}).get("val", {}).get("shards", [])
+        for shard in shards if missing else []:
+            for key, members in iter_tar_samples(self.data_root / shard["name"]):
+                if key in missing:
+                    self._references[key] = _decode_image(members.get(REFERENCE))
+                    missing.discard(key)
+            if not missing:
+                break
+        return {k: self._references.get(k) for k in keys}
+
+    @torch.no_grad()
+    def __call__(self, path: Path) -> None:
+        autoencoder = self._autoencoder()
+        if autoencoder is None:
+            return
+        record = torch.load(path, map_location="cpu", weights_only=True)
+        keys = list(record.get("keys") or [])
+        images = self._reference_images(keys)
+        folder = Path(path).with_suffix("")
+        for i, key in enumerate(keys):
+            if images.get(key) is None:
+                self.log(f"sample {key}: no reference image in the val shards, not rendered")
+                continue
+            reference = encode_reference(autoencoder, images[key])
+            truth = render_motion(autoencoder, reference, record["target"][i])
+            generated = render_motion(autoencoder, reference, record["motion"][i])
+            write_mp4(folder / f"{key}.mp4", side_by_side(truth, generated))
