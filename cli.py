@@ -18,14 +18,11 @@ app = typer.Typer(
 def _register() -> None:
     from preprocess.command import inspect, shards
     from trainer.command import train
+    from trainer.sample_command import export, sample
 
     app.command(help="Turn RAVDESS or a folder of talking-head clips into WebDataset shards.")(shards)
     app.command(help="Validate a shard folder against its manifest and print a summary.")(inspect)
     app.command(help="Train the Flow Matching Transformer on shards.")(train)
-    try:
-        from trainer.sample_command import export, sample
-    except ImportError:  # sampling lands with its own issue
-        return
     app.command(help="Generate motion from audio with a checkpoint and render it.")(sample)
     app.command(help="Write an official-format state dict (fmt.*, audio projection) from a checkpoint.")(export)
 
