@@ -36,7 +36,7 @@ import logging
 import re
 import tarfile
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterator
 
 import numpy as np
 import torch
@@ -173,10 +173,11 @@ def assign_shards(num_shards: int, rank: int, world_size: int, stream: int, num_
 
 
 # ---------------------------------------------------------------- reading tar shards
-def iter_tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+def iter_tar_samples(url: str, read: Collection[str] = _READ_MEMBERS) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {suffix: bytes}) for each sample of a tar, members grouped by WebDataset key.
 
-    Only the members the dataset needs are read. ShardError names the file when
+    Only the members in ``read`` are read (default: what training needs); the
+    others are present with empty bytes. ShardError names the file when
     it is not a tar or holds no shard member at all; a tar cut short after some
     samples ends the iteration with a warning (the samples before it are kept).
     """
@@ -205,7 +206,7 @@ def iter_tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
                     known += 1
                 elif len(foreign) < 5:
                     foreign.append(info.name)
-                if suffix in _READ_MEMBERS:
+                if suffix in read:
                     members[suffix] = tar.extractfile(info).read()
                 else:
                     members.setdefault(suffix, b"")  # present, not read

@@ -18,7 +18,7 @@ def motion_statistics(urls: list[str], max_clips: int = 256) -> tuple[np.ndarray
 
     float64 accumulation; the std is floored so a constant dimension cannot divide by zero.
     """
-    iterators = [iter_tar_samples(u) for u in urls]
+    iterators = [iter_tar_samples(u, read={MOTION}) for u in urls]
     total = within_sq = None
     frames = clips = 0
     while iterators and clips < max_clips:

@@ -3,7 +3,7 @@ import av
 import torch
 
 from shard_factory import make_shards
-from trainer.generate import iter_tar_samples
+from shards.dataset import iter_tar_samples
 from trainer.sample_render import SampleRenderer
 
 
@@ -11,7 +11,7 @@ def _setup(tmp_path):
     manifest = make_shards(tmp_path / "shards", {"train": 1, "val": 2}, frames=55, dim_w=512, audio_dim=8)
     manifest["encoders"]["motion"]["width"] = 0.125  # a thin seeded decoder keeps the test fast
     val = tmp_path / "shards" / manifest["splits"]["val"]["shards"][0]["name"]
-    key = next(iter_tar_samples(val))[0]
+    key = next(iter_tar_samples(str(val)))[0]
     g = torch.Generator().manual_seed(0)
     record = {"keys": [key, "not-a-clip"], "motion": 0.01 * torch.randn(2, 3, 512, generator=g),
               "target": 0.01 * torch.randn(2, 3, 512, generator=g), "step": 10}

@@ -28,13 +28,13 @@ from float.config import FloatConfig
 from float.model import FloatMotionModel
 from float.motion_autoencoder import MotionAutoEncoder
 from float.sampler import generate_motion
+from shards.dataset import KNOWN_MEMBERS, ShardError, iter_tar_samples
 from shards.format import EMOTIONS, META, REFERENCE, SPLITS
 from shards.windows import CorruptSample, decode_clip
 from trainer import checkpoints as ckpt
 
 EMOTION_CHOICES = (*EMOTIONS, "auto", "none")
 _RANDOM_SOURCE = re.compile(r"^random-seed-(\d+)$")
-_MEMBER = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # WebDataset key / suffix split
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 
 
@@ -165,24 +165,6 @@ class HeldoutClip:
     meta: dict = field(default_factory=dict)
 
 
-def iter_tar_samples(path: Path):
-    """(key, {suffix: bytes}) for every sample of a tar, every member read."""
-    with tarfile.open(path, mode="r|*") as tar:
-        key, members = None, {}
-        for info in tar:
-            if not info.isfile():
-                continue
-            m = _MEMBER.match(info.name)
-            k, suffix = (m.group(1), m.group(2)) if m else (info.name, "")
-            if k != key:
-                if key is not None:
-                    yield key, members
-                key, members = k, {}
-            members[suffix] = tar.extractfile(info).read()
-        if key is not None:
-            yield key, members
-
-
 def _decode_image(data: bytes | None) -> np.ndarray | None:
     if not data:
         return None
@@ -213,7 +195,7 @@ def read_heldout_clips(folder: Path, manifest: dict, split: str, count: int, min
     for shard in manifest["splits"][split]["shards"]:
         path = Path(folder) / shard["name"]
         try:
-            for key, members in iter_tar_samples(path):
+            for key, members in iter_tar_samples(str(path), read=KNOWN_MEMBERS):
                 try:
                     clip = decode_clip(key, members, pad=0, emotion="auto")
                 except CorruptSample as e:
@@ -229,7 +211,7 @@ def read_heldout_clips(folder: Path, manifest: dict, split: str, count: int, min
                                          _decode_image(members.get(REFERENCE)), meta if isinstance(meta, dict) else {}))
                 if len(clips) >= count:
                     return clips
-        except (OSError, tarfile.TarError) as e:
+        except (OSError, tarfile.TarError, ShardError) as e:
             raise SampleError(f"shard {path}: unreadable ({e})") from None
     if not clips:
         raise SampleError(f"{folder}: no usable {split!r} clip in the shards")

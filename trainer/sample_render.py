@@ -12,8 +12,9 @@ from typing import Callable
 
 import torch
 
+from shards.dataset import iter_tar_samples
 from shards.format import REFERENCE
-from trainer.generate import SampleError, _decode_image, build_motion_autoencoder, iter_tar_samples
+from trainer.generate import SampleError, _decode_image, build_motion_autoencoder
 from trainer.render import encode_reference, render_motion, side_by_side, write_mp4
 
 
@@ -44,7 +45,7 @@ class SampleRenderer:
         missing = set(keys) - set(self._references)
         shards = self.manifest.get("splits", {}).get("val", {}).get("shards", [])
         for shard in shards if missing else []:
-            for key, members in iter_tar_samples(self.data_root / shard["name"]):
+            for key, members in iter_tar_samples(str(self.data_root / shard["name"]), read={REFERENCE}):
                 if key in missing:
                     self._references[key] = _decode_image(members.get(REFERENCE))
                     missing.discard(key)
