@@ -86,3 +86,16 @@ def test_motion_statistics_of_shards(tmp_path):
     assert (std < allm.std(0)).all()  # the clips' offsets are left out of the spread
     with pytest.raises(ValueError, match="no motion"):
         motion_statistics([])
+
+
+def test_normalisation_is_chosen_by_the_motion_encoder():
+    from trainer.loop import TrainingError, _wants_motion_normalization
+
+    random = {"encoders": {"motion": {"random": True}}}
+    official = {"encoders": {"motion": {"random": False, "source": "float.pth"}}}
+    assert _wants_motion_normalization("auto", random) is True
+    assert _wants_motion_normalization("auto", official) is False  # real latents stay raw, as the official model
+    assert _wants_motion_normalization("on", official) is True
+    assert _wants_motion_normalization("off", random) is False
+    with pytest.raises(TrainingError, match="auto, on or off"):
+        _wants_motion_normalization("maybe", random)
