@@ -35,3 +35,22 @@ def crc_fill(module: torch.nn.Module, prefix: str, scale: float, skip=()) -> Non
                 continue
             g = torch.Generator().manual_seed(zlib.crc32(full.encode()))
             p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from more threads, and on a busy machine spinning OpenMP threads are slow."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class IdentityNorm:
+    """Mixin for fake models: the official model's (identity) motion normalisation."""
+
+    def normalize_motion(self, x):
+        return x
+
+    def denormalize_motion(self, x):
+        return x

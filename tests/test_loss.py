@@ -1,18 +1,9 @@
 import torch
 from torch import nn
 
+from conftest import IdentityNorm
 from float.config import get_preset
 from float.loss import LossWeights, rectified_flow_loss, sample_condition_keep
-
-
-class IdentityNorm:
-    """The official model's (identity) motion normalisation."""
-
-    def normalize_motion(self, x):
-        return x
-
-    def denormalize_motion(self, x):
-        return x
 
 
 class Oracle(IdentityNorm, nn.Module):

@@ -45,11 +45,8 @@ def cli(args: list[str]):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    pass
 
 
 def write_shards(folder: Path) -> dict:

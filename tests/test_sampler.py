@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import IdentityNorm
 from float.config import get_preset
 from float.sampler import generate_motion, integrate, time_grid
 
@@ -66,16 +67,6 @@ class CopyPrevFMT(nn.Module):
         target = prev_x[:, -1:] if has_prev else wa[:, :1, : x.shape[-1]]
         v = (target - x) / (1 - t.view(1, 1, 1))
         return torch.cat([prev_x, v], dim=1)
-
-
-class IdentityNorm:
-    """The official model's (identity) motion normalisation."""
-
-    def normalize_motion(self, x):
-        return x
-
-    def denormalize_motion(self, x):
-        return x
 
 
 class FakeModel(IdentityNorm, nn.Module):
