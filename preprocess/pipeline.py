@@ -465,6 +465,9 @@ def _prepare_out_folder(out: Path, part, overwrite: bool, base: dict, log) -> tu
         for tmp in (p for p in owned if p.name.endswith(TMP_SUFFIX)):
             log(f"discarding {tmp.name}: unfinished shard of an interrupted run; its clips are redone")
             tmp.unlink()
+    # A run killed while writing its manifest leaves the temporary file (the manifest is rebuilt at the end).
+    for tmp in out.glob(f".{manifest_name}.*.tmp"):
+        tmp.unlink()
     try:
         scans = [scan_shard(p) for p in list_shards(out)]
     except ShardReadError as e:

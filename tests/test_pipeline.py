@@ -112,10 +112,12 @@ def test_resume_redoes_only_missing_clips_and_discards_tmp(first_run, synth, tmp
     lost = scan_shard(out / "train-000001.tar").keys
     assert len(lost) == 1
     (out / "train-000001.tar").rename(out / "train-000001.tar.tmp")  # as a killed run leaves it
+    (out / ".manifest.json.k1ll3d.tmp").write_text("{")  # killed while writing the manifest
     logs = []
     summary = run_shards(settings(synth, out), log=logs.append)
     assert summary.written == {"train": len(lost), "val": 0, "test": 0}
-    assert not list(out.glob("*.tmp")) and any("discarding train-000001.tar.tmp" in m for m in logs)
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    assert any("discarding train-000001.tar.tmp" in m for m in logs)
     assert inspect_shards(out).problems == []
     assert set(all_samples(out)) == set(all_samples(first_run[0]))
     again = run_shards(settings(synth, out), log=lambda m: None)
@@ -176,7 +178,7 @@ def test_sigkill_leaves_no_corrupt_shard_and_rerun_completes(synth, tmp_path):
     summary = run_shards(settings(synth, out), log=lambda m: None)
     assert 0 < len(completed) < 4
     assert summary.total_present == 4 and sum(summary.written.values()) == 4 - len(completed)
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
     assert inspect_shards(out).problems == []
 
 
