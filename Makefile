@@ -12,7 +12,10 @@ FLOAT_CKPT ?=
 WAV2VEC2 ?=
 SER ?=
 
-SHARD_ARGS := --out $(SHARDS) \
+# The official float.pth encodes 512 px crops (paper preset); without it, the tiny CPU preset.
+PRESET  ?= $(if $(FLOAT_CKPT),paper,tiny)
+
+SHARD_ARGS := --out $(SHARDS) --preset $(PRESET) \
 	$(if $(RAVDESS),--ravdess $(RAVDESS)) \
 	$(if $(FLOAT_CKPT),--float-ckpt $(FLOAT_CKPT)) \
 	$(if $(WAV2VEC2),--wav2vec2 $(WAV2VEC2)) \
