@@ -152,6 +152,27 @@ class Decoder(nn.Module):
 
 
 # ---------------------------------------------------------------- the model
+def sample_condition_keep(cfg: FloatConfig, batch_size: int, device, generator=None) -> dict[str, Tensor]:
+    """Per-sample keep masks (float 0/1, shape (B,)) for each condition, drawn independently.
+
+    As the official FMT trains: audio, reference and emotion with ``cfg.*_dropout``;
+    preceding motion and preceding audio each with ``cfg.prev_dropout``. Dropping
+    the audio zeroes the current audio only, which is what the unconditional pass
+    of the guidance feeds (it keeps the preceding audio). One draw per sample and
+    condition, always in this order, so a seeded run is reproducible.
+    """
+    probs = {
+        "audio": cfg.audio_dropout,
+        "ref": cfg.ref_dropout,
+        "emotion": cfg.emotion_dropout,
+        "prev": cfg.prev_dropout,
+        "prev_audio": cfg.prev_dropout,
+    }
+    draw_device = generator.device if generator is not None else device
+    u = torch.rand(len(probs), batch_size, device=draw_device, generator=generator).to(device)
+    return {name: (u[i] >= p).float() for i, (name, p) in enumerate(probs.items())}
+
+
 class FlowMatchingTransformer(nn.Module):
     """Predicts the flow vector field for all 60 positions of a window."""
 
@@ -215,25 +236,13 @@ class FlowMatchingTransformer(nn.Module):
 
     def _condition_dropout(self, wa, wr, we, prev_x, prev_wa, generator):
         """Zero whole conditions per sample (classifier-free training). Not in place."""
-        cfg = self.cfg
-        b, device = wa.shape[0], wa.device
-        draw_device = generator.device if generator is not None else device
-        # One uniform draw per sample and condition, always in this order, so a
-        # seeded run is reproducible whatever the probabilities are.
-        u = torch.rand(4, b, generator=generator, device=draw_device).to(device)
-        p = torch.tensor([cfg.audio_dropout, cfg.ref_dropout, cfg.emotion_dropout, cfg.prev_dropout],
-                         device=device)[:, None]
-        drop_audio, drop_ref, drop_emotion, drop_prev = (u < p).unbind(0)
+        keep = sample_condition_keep(self.cfg, wa.shape[0], wa.device, generator)
 
-        def zero(tensor: Tensor, drop: Tensor) -> Tensor:
-            return tensor.masked_fill(drop.view(-1, *([1] * (tensor.dim() - 1))), 0)
+        def kept(tensor: Tensor, name: str) -> Tensor:
+            return tensor * keep[name].to(tensor.dtype).view(-1, *([1] * (tensor.dim() - 1)))
 
-        wa = zero(wa, drop_audio)
-        wr = zero(wr, drop_ref)
-        we = zero(we, drop_emotion)
-        prev_x = zero(prev_x, drop_prev)
-        prev_wa = zero(prev_wa, drop_audio | drop_prev)
-        return wa, wr, we, prev_x, prev_wa
+        return (kept(wa, "audio"), kept(wr, "ref"), kept(we, "emotion"), kept(prev_x, "prev"),
+                kept(prev_wa, "prev_audio"))
 
     # -- forward passes
     def forward(self, t: Tensor, x: Tensor, wa: Tensor, wr: Tensor, we: Tensor, prev_x: Tensor,

@@ -6,10 +6,9 @@ the FMT predicts the velocity v = x1 - x0. Three L1 terms (each weighted):
   preceding  L1(output at the preceding positions, the preceding latents), on
              real preceding frames whose condition was not dropped,
   velocity   L1 between neighbouring-frame differences of v_hat and v.
-Condition dropout for classifier-free guidance is sampled here, per sample and
-independently per condition (audio, reference, emotion: ``cfg.*_dropout``;
-preceding motion and preceding audio: ``cfg.prev_dropout`` each, as the official
-FMT does), so the loss knows which preceding frames were hidden from the model.
+Condition dropout for classifier-free guidance is sampled here (with the FMT's
+own ``sample_condition_keep``) rather than inside the FMT, so the loss knows
+which preceding frames were hidden from the model.
 """
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from float.config import FloatConfig
+from float.fmt import sample_condition_keep
 
 
 @dataclass(frozen=True)
@@ -26,19 +25,6 @@ class LossWeights:
     current: float = 1.0
     preceding: float = 1.0
     velocity: float = 1.0
-
-
-def sample_condition_keep(cfg: FloatConfig, batch_size: int, device, generator=None) -> dict[str, Tensor]:
-    """Per-sample keep masks (float 0/1, shape (B,)) for each condition."""
-    probs = {
-        "audio": cfg.audio_dropout,
-        "ref": cfg.ref_dropout,
-        "emotion": cfg.emotion_dropout,
-        "prev": cfg.prev_dropout,
-        "prev_audio": cfg.prev_dropout,
-    }
-    u = torch.rand(len(probs), batch_size, device=device, generator=generator)
-    return {name: (u[i] >= p).float() for i, (name, p) in enumerate(probs.items())}
 
 
 def _masked_l1(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:

@@ -158,7 +158,7 @@ def test_rejects_bad_shapes():
 
 # ---------------------------------------------------------------- condition dropout
 @pytest.mark.parametrize("which,zeroed", [
-    ("audio_dropout", ("wa", "prev_wa")),
+    ("audio_dropout", ("wa",)),  # the guidance's unconditional pass keeps the preceding audio
     ("ref_dropout", ("wr",)),
     ("emotion_dropout", ("we",)),
     ("prev_dropout", ("prev_x", "prev_wa")),
@@ -202,8 +202,8 @@ def test_dropout_only_in_training_and_reproducible():
     assert not torch.equal(second, third)
     assert torch.equal(with_generator, with_generator_again)
     touched = (first - clean).abs().amax(dim=(1, 2)) > 1e-6
-    # P(a sample keeps everything) = 0.9^3 * 0.5 ~ 0.36: some, not all, samples change.
-    assert 0.4 * 64 < touched.sum().item() < 0.9 * 64
+    # P(a sample keeps everything) = 0.9^3 * 0.5 * 0.5 ~ 0.18: most, not all, samples change.
+    assert 0.6 * 64 < touched.sum().item() < 0.97 * 64
     assert not torch.allclose(forced_in_eval, clean, atol=1e-6)
 
 

@@ -3,7 +3,8 @@ from torch import nn
 
 from conftest import IdentityNorm
 from float.config import get_preset
-from float.loss import LossWeights, rectified_flow_loss, sample_condition_keep
+from float.fmt import sample_condition_keep
+from float.loss import LossWeights, rectified_flow_loss
 
 
 class Oracle(IdentityNorm, nn.Module):

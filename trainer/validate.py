@@ -16,7 +16,8 @@ from typing import Callable, ContextManager
 import torch
 from torch import Tensor, nn
 
-from float.loss import LossWeights, rectified_flow_loss, sample_condition_keep
+from float.fmt import sample_condition_keep
+from float.loss import LossWeights, rectified_flow_loss
 from float.sampler import generate_motion
 
 VAL_T_VALUES = (0.1, 0.3, 0.5, 0.7, 0.9)
