@@ -165,7 +165,7 @@ class HeldoutClip:
     meta: dict = field(default_factory=dict)
 
 
-def _decode_image(data: bytes | None) -> np.ndarray | None:
+def decode_image(data: bytes | None) -> np.ndarray | None:
     if not data:
         return None
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
@@ -208,7 +208,7 @@ def read_heldout_clips(folder: Path, manifest: dict, split: str, count: int, min
                 except ValueError:
                     meta = {}
                 clips.append(HeldoutClip(key, clip.motion, clip.audio, clip.emotion,
-                                         _decode_image(members.get(REFERENCE)), meta if isinstance(meta, dict) else {}))
+                                         decode_image(members.get(REFERENCE)), meta if isinstance(meta, dict) else {}))
                 if len(clips) >= count:
                     return clips
         except (OSError, tarfile.TarError, ShardError) as e:

@@ -14,7 +14,7 @@ import torch
 
 from shards.dataset import iter_tar_samples
 from shards.format import REFERENCE
-from trainer.generate import SampleError, _decode_image, build_motion_autoencoder
+from trainer.generate import SampleError, decode_image, build_motion_autoencoder
 from trainer.render import encode_reference, render_motion, side_by_side, write_mp4
 
 
@@ -47,7 +47,7 @@ class SampleRenderer:
         for shard in shards if missing else []:
             for key, members in iter_tar_samples(str(self.data_root / shard["name"]), read={REFERENCE}):
                 if key in missing:
-                    self._references[key] = _decode_image(members.get(REFERENCE))
+                    self._references[key] = decode_image(members.get(REFERENCE))
                     missing.discard(key)
             if not missing:
                 break
