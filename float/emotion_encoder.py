@@ -14,19 +14,8 @@ from torch import Tensor, nn
 
 from float.audio_encoder import normalize_waveform, receptive_field, seeded_random_wav2vec2
 from float.hf_checkpoint import CheckpointError, load_hf_wav2vec2_with_head, state_fingerprint
-from shards.format import EMOTIONS
+from shards.format import EMOTIONS, RAVDESS_TO_FLOAT
 
-# RAVDESS file-name emotion codes -> FLOAT's classes (calm has no class of its own: neutral).
-RAVDESS_TO_FLOAT: dict[int, str] = {
-    1: "neutral",
-    2: "neutral",
-    3: "happy",
-    4: "sad",
-    5: "angry",
-    6: "fear",
-    7: "disgust",
-    8: "surprise",
-}
 
 # Spellings other SER models use for the same classes.
 _LABEL_SYNONYMS = {"anger": "angry", "fearful": "fear", "surprised": "surprise", "disgusted": "disgust",

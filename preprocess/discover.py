@@ -12,7 +12,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from shards.format import EMOTIONS
+from shards.format import RAVDESS_TO_FLOAT
 
 KINDS = ("auto", "ravdess", "folder")
 VOCAL_CHANNELS = ("speech", "song")
@@ -22,10 +22,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov")
 MODALITIES = {1: "audio-video", 2: "video-only", 3: "audio-only"}
 VOCAL_CHANNEL_CODES = {1: "speech", 2: "song"}
 INTENSITIES = {1: "normal", 2: "strong"}
-# RAVDESS's eight emotions onto FLOAT's seven: FLOAT has no "calm", the closest is neutral.
-RAVDESS_EMOTIONS = {1: "neutral", 2: "neutral", 3: "happy", 4: "sad", 5: "angry",
-                    6: "fear", 7: "disgust", 8: "surprise"}
-assert set(RAVDESS_EMOTIONS.values()) <= set(EMOTIONS)
+RAVDESS_EMOTIONS = RAVDESS_TO_FLOAT  # file-name code -> FLOAT emotion (calm -> neutral)
 
 ZIP_PREFIX = "zip:"
 ZIP_SEPARATOR = "::"

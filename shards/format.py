@@ -32,6 +32,18 @@ ERRORS = "errors.jsonl"
 # FLOAT's seven emotion classes, in the speech-emotion model's label order.
 EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 
+# RAVDESS file-name emotion codes -> FLOAT's classes (calm has no class of its own: neutral).
+RAVDESS_TO_FLOAT: dict[int, str] = {
+    1: "neutral",
+    2: "neutral",
+    3: "happy",
+    4: "sad",
+    5: "angry",
+    6: "fear",
+    7: "disgust",
+    8: "surprise",
+}
+
 
 def encode_npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
@@ -45,7 +57,3 @@ def decode_npy(data: bytes) -> np.ndarray:
 
 def encode_json(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, indent=None).encode()
-
-
-def shard_pattern(split: str) -> str:
-    return f"{split}-%06d.tar"
