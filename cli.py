@@ -17,12 +17,13 @@ app = typer.Typer(
 
 def _register() -> None:
     from preprocess.command import inspect, shards
-    from trainer.command import train
+    from trainer.command import train, train_motion
     from trainer.sample_command import export, sample
 
     app.command(help="Turn RAVDESS or a folder of talking-head clips into WebDataset shards.")(shards)
     app.command(help="Validate a shard folder against its manifest and print a summary.")(inspect)
-    app.command(help="Train the Flow Matching Transformer on shards.")(train)
+    app.command("train", help="Train the Flow Matching Transformer on latent shards.")(train)
+    app.command("train-motion", help="Train the motion auto-encoder (stage 1) on crop shards.")(train_motion)
     app.command(help="Generate motion from audio with a checkpoint and render it.")(sample)
     app.command(help="Write an official-format state dict (fmt.*, audio projection) from a checkpoint.")(export)
 

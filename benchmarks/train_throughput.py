@@ -45,7 +45,7 @@ from preprocess.synthetic import write_mp4  # noqa: E402
 from shards.dataset import make_loader, shard_urls  # noqa: E402
 from shards.windows import WindowSpec  # noqa: E402
 from trainer.ema import EMA  # noqa: E402
-from trainer.loop import resolve_precision, to_device  # noqa: E402
+from trainer.run import resolve_precision, to_device  # noqa: E402
 
 SCALES = {"tiny": ("tiny", "tiny"), "paper": ("paper", "base")}  # scale -> (preset, wav2vec2 size)
 

@@ -21,7 +21,8 @@ DRIVER = """
 import json, sys, torch
 from float.loss import rectified_flow_loss
 from trainer.distributed import cleanup, init_distributed
-from trainer.loop import TrainSettings, train
+from trainer.settings import TrainSettings
+from trainer.train_fmt import train
 
 out, data, workers, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 info = init_distributed("cpu", timeout_s=60)

@@ -294,7 +294,8 @@ def test_mismatched_inputs_and_files_are_clear_errors(run, face_png, tmp_path):
 
 # ---------------------------------------------------------------- hand-off from the trainer
 def test_sample_a_checkpoint_written_by_the_training_loop(run, tmp_path):
-    from trainer.loop import TrainSettings, train
+    from trainer.settings import TrainSettings
+    from trainer.train_fmt import train
 
     result = train(TrainSettings(
         data_root=str(run["shards"]), out=str(tmp_path / "run"), preset="tiny", steps=2, batch_size=2,

@@ -25,7 +25,10 @@ from trainer import checkpoints as ckpt
 from trainer.command import train as train_command
 from trainer.ema import EMA
 from trainer.logging import read_metrics
-from trainer.loop import TrainingError, TrainSettings, ema_decay_at, lr_factor, train
+from trainer.run import TrainingError
+from trainer.schedule import ema_decay_at, lr_at
+from trainer.settings import TrainSettings
+from trainer.train_fmt import train
 from trainer.validate import generation_error, validation_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,11 +65,13 @@ def run_cli(args: list[str]):
 
 # ---------------------------------------------------------------- small pieces
 def test_lr_schedule_and_ema_warmup():
-    assert lr_factor(0, 10, 100, "constant") == pytest.approx(0.1)
-    assert lr_factor(9, 10, 100, "constant") == 1.0 and lr_factor(99, 10, 100, "constant") == 1.0
-    assert lr_factor(10, 10, 100, "cosine") == pytest.approx(1.0)
-    assert lr_factor(100, 10, 100, "cosine") == pytest.approx(0.1)
-    assert lr_factor(55, 10, 100, "cosine") == pytest.approx(0.55)
+    assert lr_at(0, 2.0, 10, 100, "constant") == pytest.approx(0.2)
+    assert lr_at(9, 2.0, 10, 100, "constant") == 2.0 and lr_at(99, 2.0, 10, 100, "constant") == 2.0
+    assert lr_at(10, 2.0, 10, 100, "cosine") == pytest.approx(2.0)
+    assert lr_at(100, 2.0, 10, 100, "cosine") == pytest.approx(0.2)
+    assert lr_at(55, 2.0, 10, 100, "cosine") == pytest.approx(1.1)
+    with pytest.raises(ValueError, match="schedule"):
+        lr_at(0, 1.0, 0, 10, "linear")
     assert ema_decay_at(0, 0.9999) == pytest.approx(0.1) and ema_decay_at(10**7, 0.9999) == 0.9999
 
 

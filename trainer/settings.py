@@ -1,0 +1,164 @@
+"""The options of both trainers, each written once: name, default and help live on the dataclass field.
+
+``floatctl train`` and ``floatctl train-motion`` are generated from these
+dataclasses (``typer_command``), so a default or a help text has one home.
+``CommonSettings`` holds what the FMT trainer and the motion auto-encoder
+trainer share (the loop, checkpoints, logging, numerics); each stage adds its own.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional
+
+from float.config import FloatConfig
+
+
+class SettingsError(ValueError):
+    """A bad option value; the message names the option."""
+
+
+def opt(default: Any, help: str, *decls: str, cli: bool = True, factory: Callable | None = None):
+    """A settings field with its command-line help (``decls`` e.g. "--compile" for a flag)."""
+    meta = {"help": help, "decls": decls, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class CommonSettings:
+    """Options shared by both training stages; None / -1 mean "pick a default for the device" (printed)."""
+
+    data_root: str = opt("data/shards", "Shard folder holding manifest.json.")
+    out: Optional[str] = opt(None, "Run folder (default: runs/<stage>-<preset>).")
+    preset: Optional[str] = opt(None, "paper, small or tiny (default: paper on CUDA, tiny on CPU).")
+    overrides: dict = opt(None, "Model settings over the preset (--set key=value).", cli=False, factory=dict)
+    steps: int = opt(10000, "Optimizer steps to train to (a resumed run continues up to this).")
+    batch_size: int = opt(8, "Samples per micro-batch per process (the paper: 8).")
+    grad_accum: int = opt(1, "Micro-batches per optimizer step.")
+    lr: Optional[float] = opt(None, "Peak learning rate (default: the stage's per-preset rate, printed).")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    warmup: int = opt(-1, "Linear warmup steps (-1: 5% of --steps, at most 1000).")
+    schedule: str = opt("constant", "After warmup: constant or cosine (to 10% of --lr).")
+    grad_clip: float = opt(1.0, "Clip the gradient norm to this.")
+    ema_decay: float = opt(0.9999, "EMA decay (warmed up as (1+n)/(10+n)); the EMA is validated.")
+    precision: str = opt("auto", "auto, fp32, bf16 or fp16 (auto: bf16 on CUDA, else fp16 + scaler; fp32 on CPU).")
+    compile: bool = opt(False, "torch.compile the model.", "--compile")
+    deterministic: bool = opt(False, "Deterministic kernels: a resumed run matches an uninterrupted one.",
+                              "--deterministic")
+    device: str = opt("auto", "auto, cpu or cuda.")
+    num_workers: int = opt(-1, "DataLoader workers per process (-1: 0 on CPU, up to 4 per GPU).")
+    seed: int = opt(0, "Seed of the weights, the data stream and every random draw of a step.")
+    log_step: int = opt(100, "Log losses, lr, grad norm and throughput every N steps.")
+    val_step: int = opt(1000, "Validate every N steps (0: never).")
+    sample_step: int = opt(5000, "Save and render samples of val data every N steps (0: never).")
+    save_step: int = opt(1000, "Checkpoint every N steps (0: only the final one).")
+    keep: int = opt(3, "Periodic checkpoints to keep (0: all).")
+    resume: Optional[str] = opt(None, "'auto': newest good checkpoint of --out (fresh if none); or a path.")
+    max_nonfinite: int = opt(20, "Stop after this many non-finite losses in a row.")
+    progress: Optional[bool] = opt(None, "tqdm bar (default: on a terminal).", "--progress/--no-progress")
+    tensorboard: bool = opt(True, "Write TensorBoard curves.", cli=False)
+
+
+@dataclass
+class TrainSettings(CommonSettings):
+    """Every option of ``floatctl train`` (the Flow Matching Transformer and the audio projection)."""
+
+    val_step: int = opt(1000, "Validation loss and generation error every N steps (0: never).")
+    sample_step: int = opt(5000, "Save sampled motion of val windows (rendered to video) every N steps (0: never).")
+    init: Optional[str] = opt(None, "Official float.pth: start from its fmt.* and audio projection.")
+    normalize_motion: str = opt(
+        "auto", "Standardise motion latents per dimension with train-shard statistics (stored in the "
+                "checkpoint): auto = when the shards' motion encoder had random weights; on; off (raw "
+                "latents, as the official model; always off with --init).")
+    windows_per_clip: int = opt(4, "Training windows cut from each decoded clip.", cli=False)
+    shuffle_buffer: int = opt(64, "Windows in the shuffle buffer.", cli=False)
+    val_clips: int = opt(32, "Val clips to validate on.", cli=False)
+    val_windows_per_clip: int = opt(2, "Windows per val clip.", cli=False)
+    val_batch_size: int = opt(16, "Val batch size.", cli=False)
+    val_nfe: int = opt(10, "ODE steps of the generation error and samples.", cli=False)
+    sample_count: int = opt(4, "Samples rendered at each --sample-step.", cli=False)
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """"depth=4" -> ("depth", 4): the value is parsed as JSON when it can be, else kept as a string."""
+    if "=" not in text:
+        raise SettingsError(f"--set {text!r}: expected KEY=VALUE, e.g. --set depth=4")
+    key, value = text.split("=", 1)
+    known = {f.name for f in dataclasses.fields(FloatConfig)}
+    if key not in known:
+        raise SettingsError(f"--set {key}: not a model setting; known: {sorted(known)}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def typer_command(settings_cls: type, run: Callable[[Any], None], name: str, doc: str) -> Callable:
+    """A typer command whose options are ``settings_cls``'s fields (plus ``--set``); calls run(settings)."""
+    import typer
+
+    params = []
+    for f in dataclasses.fields(settings_cls):
+        if not f.metadata.get("cli", True):
+            continue
+        decls = f.metadata.get("decls", ())
+        option = typer.Option(f.default, *decls, help=f.metadata["help"])
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=_cli_type(f.type)))
+    params.append(inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, annotation=List[str],
+                                    default=typer.Option([], "--set", help="Override a model setting, e.g. "
+                                                                           "--set depth=4 (repeatable).")))
+
+    def command(**values) -> None:
+        overrides = dict(parse_override(item) for item in values.pop("set_"))
+        run(settings_cls(**values, overrides=overrides))
+
+    command.__signature__ = inspect.Signature(params)
+    command.__doc__ = doc
+    command.__name__ = name
+    return command
+
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "Optional[str]": Optional[str],
+          "Optional[int]": Optional[int], "Optional[float]": Optional[float], "Optional[bool]": Optional[bool]}
+
+
+def _cli_type(annotation) -> Any:
+    """The field's type as typer wants it (annotations are strings under ``from __future__``)."""
+    return _TYPES[annotation] if isinstance(annotation, str) else annotation
+
+
+@dataclass
+class MotionSettings(CommonSettings):
+    """Every option of ``floatctl train-motion`` (stage 1: the LIA-style motion auto-encoder)."""
+
+    data_root: str = opt("data/crops", "Crop-shard folder (written by `floatctl shards`) holding manifest.json.")
+    out: Optional[str] = opt(None, "Run folder (default: runs/motion-<preset>).")
+    lr: Optional[float] = opt(None, "Peak learning rate of the auto-encoder (default per preset, printed).")
+    ema_decay: float = opt(0.999, "EMA decay of the auto-encoder weights (validated, rendered, exported).")
+    grad_clip: float = opt(10.0, "Clip the auto-encoder's gradient norm to this.")
+    val_step: int = opt(500, "Held-out PSNR (reconstruction vs copying the source frame) every N steps (0: never).")
+    sample_step: int = opt(500, "PNG grid source | driving | reconstruction of val pairs every N steps (0: never).")
+    save_step: int = opt(500, "Checkpoint every N steps (0: only the final one).")
+    l1_weight: float = opt(1.0, "Weight of the L1 reconstruction loss (0: off).")
+    perceptual_weight: float = opt(1.0, "Weight of the perceptual loss (0: off).")
+    adversarial_weight: float = opt(0.0, "Weight of the adversarial loss (0: off, no discriminator).")
+    perceptual_weights: Optional[str] = opt(
+        None, "VGG19 state dict (torchvision names) for the perceptual loss; without one a weight-free "
+              "structure loss (multi-scale L1 + image gradients) stands in, and the run says so.")
+    d_lr: Optional[float] = opt(None, "Discriminator learning rate (default: the auto-encoder's).")
+    r1_gamma: float = opt(10.0, "R1 penalty weight gamma of the discriminator (0: off).")
+    r1_every: int = opt(16, "Apply R1 every N discriminator steps (StyleGAN2's lazy regularisation).")
+    adversarial_start: int = opt(0, "Steps before the adversarial term and the discriminator start.")
+    pairs_per_clip: int = opt(8, "(source, driving) pairs drawn from each decoded clip.")
+    init: Optional[str] = opt(None, "Start from an official float.pth's motion_autoencoder.* (full width) or a "
+                                    "stage-1 checkpoint's EMA weights.")
+    shuffle_buffer: int = opt(256, "Pairs in the shuffle buffer.", cli=False)
+    val_clips: int = opt(16, "Val clips to validate on.", cli=False)
+    val_pairs_per_clip: int = opt(4, "Pairs per val clip.", cli=False)
+    val_batch_size: int = opt(16, "Val batch size.", cli=False)
+    sample_count: int = opt(6, "Pairs in each sample grid.", cli=False)
