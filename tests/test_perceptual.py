@@ -38,6 +38,11 @@ VGG16_CONVS = [(0, 64, 3), (2, 64, 64), (5, 128, 64), (7, 128, 128), (10, 256, 1
                (21, 512, 512), (24, 512, 512), (26, 512, 512), (28, 512, 512)]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Small tensors: extra OpenMP threads only spin on the shared CPUs."""
+
+
 @pytest.fixture(scope="module")
 def seeded_vgg():
     torch.manual_seed(0)
