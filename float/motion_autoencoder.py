@@ -179,3 +179,13 @@ class MotionAutoEncoder(nn.Module):
                              f"feats {[f.shape[0] for f in feats]}")
         latent = (appearance + motion).expand(batch, -1)
         return self.dec(latent, feats)
+
+    def forward(self, source: Tensor, driving: Tensor) -> Tensor:
+        """The driving frames rebuilt from the source frames' appearance and feature maps, moved by the
+        driving frames' motion (the official ``Generator.forward``; what stage 1 trains)."""
+        if source.shape != driving.shape:
+            raise ValueError(f"source and driving batches differ in shape: "
+                             f"{tuple(source.shape)} vs {tuple(driving.shape)}")
+        appearance, _, feats = self.encode(source)
+        motion, _ = self.encode_motion(driving)  # its feature maps are not needed
+        return self.decode(appearance, motion, feats)

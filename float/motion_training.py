@@ -41,17 +41,15 @@ class MotionLossWeights:
             raise ValueError("all loss weights are 0: nothing to train")
 
 
-def reconstruct(model: MotionAutoEncoder, source: Tensor, driving: Tensor) -> Tensor:
-    """The driving frames as rebuilt from the source frames' appearance + driving motion."""
-    if source.shape != driving.shape:
-        raise ValueError(f"source and driving batches differ in shape: "
-                         f"{tuple(source.shape)} vs {tuple(driving.shape)}")
-    appearance, _, feats = model.encode(source)
-    motion, _ = model.encode_motion(driving)  # its feature maps are not needed
-    return model.decode(appearance, motion, feats)
+def reconstruct(model: nn.Module, source: Tensor, driving: Tensor) -> Tensor:
+    """The driving frames as rebuilt from the source frames' appearance + driving motion.
+
+    Goes through ``model(source, driving)`` (MotionAutoEncoder.forward), so a DDP or
+    compiled wrapper of the auto-encoder works here as well as the bare module."""
+    return model(source, driving)
 
 
-def generator_losses(model: MotionAutoEncoder, source: Tensor, driving: Tensor,
+def generator_losses(model: nn.Module, source: Tensor, driving: Tensor,
                      perceptual: nn.Module | None = None,
                      discriminator: nn.Module | None = None,
                      weights: MotionLossWeights = MotionLossWeights(),
@@ -104,3 +102,40 @@ def discriminator_losses(discriminator: nn.Module, real: Tensor, fake: Tensor,
         r1 = r1_penalty(real_logits, real)
         total = total + r1_weight * r1
     return {"total": total, "logistic": logistic.detach(), "r1": r1.detach()}
+
+
+@torch.no_grad()
+def prepare_for_training(model: MotionAutoEncoder, mask_logit: float = 4.0) -> MotionAutoEncoder:
+    """Start a from-scratch auto-encoder at "copy the source frame" instead of at noise.
+
+    With the StyleGAN2 initialisation the first reconstructions are colour noise
+    and plain L1 spends hundreds of steps learning to pass the source image
+    through. Here, before any training:
+    - every flow head predicts zero offset (the identity warp) and the finest
+      level's mask opens (sigmoid(mask_logit)) to the warped source features;
+    - the encoder's 1x1 stem copies the RGB channels into its first three
+      feature channels (shifted to stay positive through the leaky ReLU), and
+      the finest ToRGB maps them back, while the coarser ToRGBs start at zero.
+    So the decoder's first output is the source frame itself; training then only
+    has to learn the motion. Names and shapes are untouched (official layout).
+    """
+    for level, to_flow in enumerate(model.dec.to_flows):
+        to_flow.conv.weight.zero_()
+        to_flow.bias.zero_()
+        to_flow.bias[0, 2] = mask_logit if level == len(model.dec.to_flows) - 1 else 0.0
+    stem_conv, stem_act = model.enc.net_app.convs[0][0], model.enc.net_app.convs[0][1]
+    stem_conv.weight[:3].zero_()
+    for channel in range(3):
+        stem_conv.weight[channel, channel, 0, 0] = 1.0 / stem_conv.scale  # effective weight 1
+    stem_act.bias[0, :3] = 1.0  # feature = sqrt2 * (x + 1) >= 0 for x in [-1, 1]: the leaky ReLU is linear
+    last = len(model.dec.to_rgbs) - 1
+    for level, to_rgb in enumerate(model.dec.to_rgbs):
+        conv = to_rgb.conv[0]
+        conv.weight.zero_()
+        to_rgb.conv[1].bias.zero_()
+        to_rgb.bias.zero_()
+        if level == last:
+            for channel in range(3):
+                conv.weight[channel, channel, 0, 0] = 0.5 / conv.scale  # sqrt2 * lrelu(0.5 * sqrt2 * (x+1)) = x + 1
+            to_rgb.bias.fill_(-1.0)
+    return model
