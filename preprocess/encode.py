@@ -27,15 +27,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shards.format import EMOTIONS
+from float.device import resolve_device
+
+from float.config import EMOTIONS, SAMPLES_PER_FRAME, SAMPLING_RATE
 
 # Log-mel at the video frame rate: one 80 ms Hann window (n_fft 1280) centred on
 # the middle of each 40 ms video frame (hop 640 samples at 16 kHz = 25 fps),
 # 80 Slaney mel bands 0-8 kHz on the power spectrum, natural log with a 1e-6 floor.
 MEL_N_MELS = 80
 MEL_N_FFT = 1280
-MEL_HOP = 640
-MEL_SAMPLE_RATE = 16000
+MEL_HOP = SAMPLES_PER_FRAME
+MEL_SAMPLE_RATE = SAMPLING_RATE
 MEL_LOG_FLOOR = 1e-6
 
 REFERENCE_SIZE = 128  # side of the reference JPEG (cropped first frame)
@@ -46,17 +48,6 @@ AUDIO_KINDS = ("wav2vec2", "mel")
 
 class EncoderSetupError(ValueError):
     """Weights or options that cannot be used; raised before any clip is processed."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; "cuda" without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise EncoderSetupError("--device cuda was asked for but torch sees no CUDA device")
-    if device not in ("cpu", "cuda"):
-        raise EncoderSetupError(f"--device must be auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
 
 
 def emotion_one_hot(label: str | None) -> np.ndarray:
@@ -280,7 +271,10 @@ def build_encoder(input_size: int, audio_features: str = "auto", wav2vec2: Path 
         raise EncoderSetupError(f"--batch-size must be at least 1, got {batch_size}")
     check_weight_paths(float_ckpt, wav2vec2, ser)
     kind = resolve_audio_kind(audio_features, wav2vec2)
-    dev = resolve_device(device)
+    try:
+        dev = resolve_device(device)
+    except ValueError as e:
+        raise EncoderSetupError(str(e)) from None
     half = dev.type == "cuda"
 
     motion, motion_info = load_motion_encoder(input_size, float_ckpt, seed, ae_width)

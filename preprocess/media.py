@@ -15,11 +15,8 @@ from typing import BinaryIO, Iterator, Sequence
 import av
 import numpy as np
 
+from float.config import FPS, SAMPLES_PER_FRAME, SAMPLING_RATE  # noqa: F401  (clip.py reads them here)
 from preprocess.discover import split_zip_member_path
-
-FPS = 25
-SAMPLING_RATE = 16000
-SAMPLES_PER_FRAME = SAMPLING_RATE // FPS
 # A clip whose decoded video ends this much before the container says it should is truncated.
 TRUNCATION_TOLERANCE_S = 0.5
 

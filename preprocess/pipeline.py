@@ -40,6 +40,7 @@ from typing import Callable
 
 import numpy as np
 
+from shards.files import atomic_write_text, remove_stale_temporaries
 from shards.format import (AUDIO, EMOTION, EMOTION_PROBS, ERRORS, FORMAT_VERSION, LAMBDAS, MANIFEST, META,
                            MOTION, REFERENCE, SPLITS, encode_json, encode_npy)
 from shards.inspect import ShardReadError, ShardScan, file_sha256, list_shards, list_tmp_shards, scan_shard
@@ -213,7 +214,7 @@ def sample_members(key: str, split: str, prepared, encoded, settings_fp: str, en
         "actor": src.actor,
         "source": {"video": src.video, "audio": src.audio},
         "sha256": prepared.sha256,
-        "fps": 25,
+        "fps": FPS,
         "source_fps": round(float(prepared.source_fps), 6),
         "n_frames": int(len(prepared.frames)),
         "crop": prepared.box.as_dict() if prepared.box is not None else None,
@@ -465,7 +466,9 @@ def _prepare_out_folder(out: Path, part, overwrite: bool, base: dict, log) -> tu
         for tmp in (p for p in owned if p.name.endswith(TMP_SUFFIX)):
             log(f"discarding {tmp.name}: unfinished shard of an interrupted run; its clips are redone")
             tmp.unlink()
-    # A run killed while writing its manifest leaves the temporary file (the manifest is rebuilt at the end).
+    # A run killed while writing its manifest leaves the temporary file (the manifest is rebuilt at the end);
+    # "*.tmp" also matches the names writers before shards/files.py used.
+    remove_stale_temporaries(out, manifest_name)
     for tmp in out.glob(f".{manifest_name}.*.tmp"):
         tmp.unlink()
     try:
@@ -588,11 +591,7 @@ def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummar
 
 
 def _write_errors(path: Path, errors: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for e in errors:
-            f.write(json.dumps(e, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
 
 
 class _NoProgress:
@@ -630,5 +629,5 @@ def merge_part_outputs(out: Path, allow_missing: bool = False) -> dict:
     lines = []
     for p in sorted(out.glob("errors.part-*-of-*.jsonl")):
         lines.extend(line for line in p.read_text().splitlines() if line.strip())
-    (out / ERRORS).write_text("".join(line + "\n" for line in lines))
+    atomic_write_text(out / ERRORS, "".join(line + "\n" for line in lines))
     return manifest

@@ -11,6 +11,8 @@ import json
 
 import numpy as np
 
+from float.config import EMOTIONS  # noqa: F401  (the model's classes; emotion.npy is a vector over them)
+
 FORMAT_VERSION = 1
 
 # member suffix -> (dtype on disk, description)
@@ -29,9 +31,6 @@ SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
 ERRORS = "errors.jsonl"
 
-# FLOAT's seven emotion classes, in the speech-emotion model's label order.
-EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
-
 # RAVDESS file-name emotion codes -> FLOAT's classes (calm has no class of its own: neutral).
 RAVDESS_TO_FLOAT: dict[int, str] = {
     1: "neutral",
@@ -43,6 +42,13 @@ RAVDESS_TO_FLOAT: dict[int, str] = {
     7: "disgust",
     8: "surprise",
 }
+
+
+def ravdess_emotion_index(code: int) -> int:
+    """Index into EMOTIONS of a RAVDESS emotion code (the third field of its file names)."""
+    if code not in RAVDESS_TO_FLOAT:
+        raise ValueError(f"unknown RAVDESS emotion code {code!r}; expected 1..8")
+    return EMOTIONS.index(RAVDESS_TO_FLOAT[code])
 
 
 def encode_npy(array: np.ndarray) -> bytes:

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
+from shards.files import atomic_write_text
 from shards.format import FORMAT_VERSION, MANIFEST, SPLITS
 
 CREATED_BY = "floatctl shards"
@@ -67,18 +66,7 @@ def write_manifest(folder: Path, manifest: dict, name: str = MANIFEST) -> Path:
         raise ManifestError(f"refusing to write invalid manifest {Path(folder) / name}: " + "; ".join(problems))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a manifest is meant to be read
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / name)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(folder / name, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return folder / name
 
 

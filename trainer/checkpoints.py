@@ -12,8 +12,6 @@ is refused by the restricted unpickler before anything executes.
 """
 from __future__ import annotations
 
-import os
-import pickle
 import random
 import re
 from pathlib import Path
@@ -22,17 +20,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from shards.writer import fsync_dir
+# CheckpointError: the one class for unusable weight files (float.pth, training checkpoints).
+from float.checkpoint import CheckpointError, safe_torch_load
+from shards.files import atomic_write_bytes, remove_stale_temporaries  # noqa: F401  (loop.py writes through it)
 
 CHECKPOINT_VERSION = 1
 LATEST = "latest"
 FINAL = "final.pt"
 STEP_NAME = re.compile(r"^step_(\d{8})\.pt$")
 REQUIRED_KEYS = ("version", "step", "model", "config")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message names the file and the reason."""
 
 
 def step_filename(step: int) -> str:
@@ -74,24 +70,6 @@ def restore_rng_state(state: dict) -> None:
 
 
 # ---------------------------------------------------------------- writing
-def atomic_write_bytes(path: Path, write: Callable[[object], None]) -> None:
-    """Write through ``write(file)`` to a temporary name, fsync, then rename over ``path``.
-
-    A crash (even SIGKILL) leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
-
-
 def write_latest_pointer(ckpt_dir: Path, name: str) -> None:
     atomic_write_bytes(Path(ckpt_dir) / LATEST, lambda f: f.write((name + "\n").encode()))
 
@@ -124,20 +102,7 @@ def save_final(ckpt_dir: str | Path, state: dict) -> Path:
 def load_checkpoint(path: str | Path) -> dict:
     """Load a training checkpoint with weights_only=True; CheckpointError names the file and reason."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
-            raise CheckpointError(
-                f"checkpoint {path}: refused, it holds Python objects other than tensors and plain "
-                f"containers (a pickle could run code on load; nothing was executed). Detail: "
-                f"{str(e).splitlines()[0]}") from None
-        raise CheckpointError(f"checkpoint {path}: unreadable pickle (truncated or corrupt): {e}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path}: cannot be read, the file is truncated or corrupt "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    state = safe_torch_load(path, label="checkpoint ")
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path}: expected a dict, found {type(state).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -176,14 +141,6 @@ def resume_candidates(ckpt_dir: str | Path) -> list[Path]:
         if name and "/" not in name and (ckpt_dir / name).is_file() and ckpt_dir / name not in ordered:
             ordered.append(ckpt_dir / name)
     return ordered
-
-
-def remove_stale_temporaries(ckpt_dir: str | Path) -> None:
-    """Delete temporary files left by a writer that was killed mid-write (other process ids)."""
-    mine = f".tmp-{os.getpid()}"
-    for p in Path(ckpt_dir).glob(".*.tmp-*"):
-        if not p.name.endswith(mine):
-            p.unlink(missing_ok=True)
 
 
 def find_resume_checkpoint(ckpt_dir: str | Path, warn: Callable[[str], None] = print) -> tuple[Path, dict] | None:

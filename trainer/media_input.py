@@ -16,11 +16,10 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from float.config import SAMPLES_PER_FRAME, SAMPLING_RATE
 from preprocess.face import crop_box_from_detections, crop_frame, detect_face, resize_frame
 from preprocess.media import ClipError, decode_audio
 
-SAMPLING_RATE = 16000
-SAMPLES_PER_FRAME = 640  # one 25 fps video frame at 16 kHz
 # Peak amplitude under which a waveform counts as silence (-80 dBFS): digital
 # silence or a muted track, which would give the model nothing to follow.
 SILENCE_PEAK = 1e-4

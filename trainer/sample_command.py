@@ -28,7 +28,8 @@ import torch
 import typer
 from torch import Tensor
 
-from shards.format import EMOTIONS
+from float.config import EMOTIONS
+from float.device import resolve_device
 from trainer.generate import (
     EMOTION_CHOICES, SampleError, build_audio_encoder, build_motion_autoencoder, default_output_dir,
     emotion_vector, export_official, generate, load_manifest, load_sampling_model, motion_errors, parse_emotion,
@@ -91,14 +92,6 @@ class SampleResult:
     metrics: dict = field(default_factory=dict)
     rendered: bool = False
     decoder_random: bool = False
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
-        raise SampleError(f"--device {device!r}: use auto, cpu, or cuda on a machine with a GPU")
-    return torch.device(device)
 
 
 def _emotion_name(vector: np.ndarray) -> str:
@@ -299,7 +292,10 @@ def run_sample(o: SampleOptions, log: Callable[[str], None] = print) -> SampleRe
     waveform = load_audio(o.audio) if o.audio is not None else None  # fail fast, before loading models
     if o.image is not None and not Path(o.image).is_file():
         raise InputError(f"image {o.image}: no such file")
-    device = resolve_device(o.device)
+    try:
+        device = resolve_device(o.device)
+    except ValueError as e:
+        raise SampleError(str(e)) from None
     sm = load_sampling_model(o.checkpoint, o.use_ema, device, log)
     log(f"checkpoint {o.checkpoint}: step {sm.step}, {sm.weights.upper()} weights, model {sm.cfg.name} "
         f"(dim_w {sm.cfg.dim_w}, audio {sm.cfg.audio_input_dim}), device {device}")
