@@ -151,12 +151,16 @@ def official_motion_autoencoder(state: dict[str, Tensor], size: int, source: str
     if not own:
         raise CheckpointError(f"{source}: no '{MOTION_AUTOENCODER}*' keys; not an official FLOAT checkpoint")
     model = MotionAutoEncoder(size)
-    try:
-        model.load_state_dict(own, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{source}: motion auto-encoder weights do not fit a {size}px encoder "
-                              f"({str(e).splitlines()[0]})") from None
+    load_exactly(model, own, f"{source}: motion auto-encoder weights do not fit a {size}px encoder")
     return model.eval().requires_grad_(False)
+
+
+def load_exactly(module: nn.Module, state: dict[str, Tensor], refusal: str) -> None:
+    """load_state_dict(strict=True); CheckpointError "``refusal`` (first line of torch's reason)" otherwise."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{refusal} ({str(e).splitlines()[0]})") from None
 
 
 def official_motion_fingerprint(state: dict[str, Tensor], size: int, source: str | Path = "float.pth") -> str | None:

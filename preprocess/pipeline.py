@@ -38,15 +38,16 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from shards.files import atomic_write_text, remove_stale_temporaries
-from shards.format import (AUDIO, EMOTION, EMOTION_PROBS, ERRORS, FORMAT_VERSION, LAMBDAS, MANIFEST, META,
-                           MOTION, REFERENCE, SPLITS, encode_json, encode_npy)
-from shards.inspect import ShardReadError, ShardScan, file_sha256, list_shards, list_tmp_shards, scan_shard
-from shards.manifest import (CREATED_BY, ManifestError, diff_settings, fingerprint_inputs, format_diff,
-                             list_part_manifests, merge_parts, part_manifest_name, read_manifest,
+from float.config import FPS
+from shards.files import file_sha256
+from shards.format import ERRORS, FORMAT_VERSION, MANIFEST, SPLITS
+from shards.inspect import ShardScan, list_shards, list_tmp_shards, scan_shard
+from shards.manifest import (CREATED_BY, ManifestError, build_manifest, diff_settings, fingerprint_inputs,
+                             format_diff, list_part_manifests, merge_parts, part_manifest_name, read_manifest,
                              settings_fingerprint, write_manifest)
+from shards.sample import encode_sample, sample_meta
+from shards.tar import ShardError
 from shards.writer import MAX_INDEX, TMP_SUFFIX, ShardInfo, ShardWriter, parse_shard_name
 
 DEFAULT_SYNTHETIC_DIR = Path("data/synthetic_ravdess")
@@ -204,37 +205,16 @@ def _fit_count(n: int, available: int, name: str, warn) -> int:
 
 
 def sample_members(key: str, split: str, prepared, encoded, settings_fp: str, encoder_fps: dict) -> dict[str, bytes]:
-    """The shard members of one clip (see shards/format.py)."""
-    from preprocess.encode import emotion_one_hot, reference_jpeg
-
+    """The shard members of one prepared and encoded clip (the codec is shards/sample.py)."""
     src = prepared.source
-    meta = {
-        "key": key,
-        "split": split,
-        "actor": src.actor,
-        "source": {"video": src.video, "audio": src.audio},
-        "sha256": prepared.sha256,
-        "fps": FPS,
-        "source_fps": round(float(prepared.source_fps), 6),
-        "n_frames": int(len(prepared.frames)),
-        "crop": prepared.box.as_dict() if prepared.box is not None else None,
-        "emotion": src.emotion,
-        "fields": src.fields,
-        "encoders": encoder_fps,
-        "settings_fingerprint": settings_fp,
-        "format_version": FORMAT_VERSION,
-    }
-    members = {
-        MOTION: encode_npy(encoded.motion.astype(np.float32)),
-        LAMBDAS: encode_npy(encoded.lambdas.astype(np.float32)),
-        AUDIO: encode_npy(encoded.audio.astype(np.float16)),
-        EMOTION: encode_npy(emotion_one_hot(src.emotion)),
-        REFERENCE: reference_jpeg(prepared.frames[0]),
-        META: encode_json(meta),
-    }
-    if encoded.emotion_probs is not None:
-        members[EMOTION_PROBS] = encode_npy(encoded.emotion_probs.astype(np.float32))
-    return members
+    meta = sample_meta(
+        key, split, FPS, len(prepared.frames), settings_fp,
+        actor=src.actor, source={"video": src.video, "audio": src.audio}, sha256=prepared.sha256,
+        source_fps=round(float(prepared.source_fps), 6),
+        crop=prepared.box.as_dict() if prepared.box is not None else None,
+        emotion=src.emotion, fields=src.fields, encoders=encoder_fps)
+    return encode_sample(meta, encoded.motion, encoded.lambdas, encoded.audio, src.emotion, prepared.frames[0],
+                         encoded.emotion_probs)
 
 
 # --------------------------------------------------------------------------- worker side
@@ -354,21 +334,6 @@ def _refuse_if_different(out: Path, scans, fingerprint: str, new_manifest: dict)
         f"different settings: {what}. Use another --out, or --overwrite to delete them and start over.")
 
 
-def build_manifest(scans, shard_hashes: dict[str, str], base: dict) -> dict:
-    """``base`` (features, encoders, settings...) plus the splits section from shard scans."""
-    manifest = dict(base)
-    manifest["splits"] = {}
-    for split in SPLITS:
-        mine = sorted((s for s in scans if s.split == split), key=lambda s: s.name)
-        manifest["splits"][split] = {
-            "clips": sum(len(s.keys) for s in mine),
-            "frames": sum(s.frames for s in mine),
-            "shards": [{"name": s.name, "samples": len(s.keys), "bytes": s.bytes, "sha256": shard_hashes[s.name]}
-                       for s in mine],
-        }
-    return manifest
-
-
 class _ManifestKeeper:
     """The run's manifest, rewritten (atomically) after every completed shard."""
 
@@ -473,7 +438,7 @@ def _prepare_out_folder(out: Path, part, overwrite: bool, base: dict, log) -> tu
         tmp.unlink()
     try:
         scans = [scan_shard(p) for p in list_shards(out)]
-    except ShardReadError as e:
+    except ShardError as e:
         raise PipelineError(f"{e}; move it away (or use --overwrite) and rerun") from None
     _refuse_if_different(out, scans, base["fingerprint"], base)
     known = {}

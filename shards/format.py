@@ -1,8 +1,8 @@
 """The on-disk contract between the offline stage and the trainer.
 
 One WebDataset sample per clip. Member names (the part after the key) and the
-dtypes stored in them are fixed here and nowhere else; both the writer and the
-streaming dataset import these names.
+dtypes stored in them are fixed here and nowhere else; shards/sample.py encodes,
+decodes and checks samples with them, shards/tar.py reads them from tar files.
 """
 from __future__ import annotations
 
@@ -23,6 +23,14 @@ EMOTION = "emotion.npy"  # (7,) float32: one-hot label from the file name (zeros
 EMOTION_PROBS = "emotion_probs.npy"  # (7,) float32: speech-emotion model softmax (optional)
 REFERENCE = "ref.jpg"  # small JPEG of the cropped first frame
 META = "meta.json"  # actor, source path and sha256, fps, n_frames, crop box, fingerprints
+
+# Every member a sample may hold; the ones training decodes (the rest is skipped unread); the ones every
+# sample must hold (EMOTION_PROBS too when the manifest says features.emotion.probs).
+KNOWN_MEMBERS = (MOTION, AUDIO, LAMBDAS, EMOTION, EMOTION_PROBS, REFERENCE, META)
+TRAINING_MEMBERS = frozenset((MOTION, AUDIO, EMOTION, EMOTION_PROBS))
+REQUIRED_MEMBERS = (MOTION, LAMBDAS, AUDIO, EMOTION, REFERENCE, META)
+# meta.json: the keys every sample's meta must have (the writer adds crop, emotion, fields, encoders...).
+REQUIRED_META = ("key", "actor", "split", "n_frames", "fps", "sha256", "source", "settings_fingerprint")
 
 MOTION_DTYPE = np.float32
 AUDIO_DTYPE = np.float16

@@ -113,6 +113,22 @@ def validate_manifest(manifest: dict) -> list[str]:
     return problems
 
 
+def build_manifest(scans, shard_hashes: dict[str, str], base: dict) -> dict:
+    """``base`` (features, encoders, settings...) plus the splits section from shard scans
+    (shards.inspect.ShardScan: name, split, keys, frames, bytes), shards in name order."""
+    manifest = dict(base)
+    manifest["splits"] = {}
+    for split in SPLITS:
+        mine = sorted((s for s in scans if s.split == split), key=lambda s: s.name)
+        manifest["splits"][split] = {
+            "clips": sum(len(s.keys) for s in mine),
+            "frames": sum(s.frames for s in mine),
+            "shards": [{"name": s.name, "samples": len(s.keys), "bytes": s.bytes, "sha256": shard_hashes[s.name]}
+                       for s in mine],
+        }
+    return manifest
+
+
 def fingerprint_inputs(content_settings: dict, encoder_fingerprints: dict) -> dict:
     """What the fingerprint hashes, stored in the manifest so differences can be named."""
     return {"settings": dict(content_settings), "encoders": dict(encoder_fingerprints)}

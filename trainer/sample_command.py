@@ -6,7 +6,7 @@ features, reference frame and emotion. It prints the generation error against
 the ground-truth latents with the audio and with the audio dropped, and writes
 into ``--out`` (default runs/NAME/samples/<ckpt-stem>/) per clip:
   KEY.motion.pt          generated (and ground-truth) motion latents
-  KEY.mp4                the motion decoder's rendering at 25 fps, with the clip's audio
+  KEY.mp4                the motion decoder's rendering (25 fps), with the clip's audio
   KEY.gt_vs_generated.mp4  ground truth | generated, both rendered by the decoder
   KEY.plot.png           motion principal components against the audio energy
   metrics.json           errors and speed
@@ -28,14 +28,19 @@ import torch
 import typer
 from torch import Tensor
 
-from float.config import EMOTIONS
+from float.config import EMOTIONS, SAMPLES_PER_FRAME, SAMPLING_RATE
 from float.device import resolve_device
-from trainer.generate import (
-    EMOTION_CHOICES, SampleError, build_audio_encoder, build_motion_autoencoder, default_output_dir,
-    emotion_vector, export_official, generate, load_manifest, load_sampling_model, motion_errors, parse_emotion,
-    pick_split, read_heldout_clips, save_latents, source_waveform,
-)
-from trainer.media_input import InputError, load_audio, load_reference_image
+from preprocess.encode import EncoderSetupError
+from preprocess.manifest_encoders import build_audio_encoder, build_motion_autoencoder
+from preprocess.media import source_waveform
+from shards.heldout import pick_split, read_heldout_clips
+from shards.tar import ShardError
+from trainer.checkpoints import default_output_dir, load_manifest, load_sampling_model
+from trainer.errors import SampleError
+from trainer.export import export_official
+from trainer.generate import generate, motion_errors, save_latents
+from trainer.media_input import (EMOTION_CHOICES, InputError, emotion_vector, load_audio, load_reference_image,
+                                 parse_emotion)
 from trainer.plot import feature_energy, frame_energy, plot_motion
 from trainer.render import encode_reference, render_motion, side_by_side, write_mp4
 
@@ -125,13 +130,13 @@ def _new_item(o: SampleOptions, manifest: dict, waveform: np.ndarray, emotion: s
     """The user's audio and portrait, encoded exactly as the training shards were."""
     size = int(manifest.get("input_size") or 0)
     reference = load_reference_image(o.image, size, crop=o.crop, warn=log)  # before the slow audio encoder
-    spf = 640
+    spf = SAMPLES_PER_FRAME
     frames = -(-len(waveform) // spf)
     wave = np.zeros(frames * spf, np.float32)
     wave[: len(waveform)] = waveform  # zero-pad the last partial frame, as the shard stage does
     encoder = build_audio_encoder(manifest, o.wav2vec2, o.ser, device)
     features = encoder.encode_audio(wave, frames).astype(np.float32)
-    log(f"audio {o.audio}: {len(waveform) / 16000:.2f} s -> {frames} frames of {encoder.audio_kind} features")
+    log(f"audio {o.audio}: {len(waveform) / SAMPLING_RATE:.2f} s -> {frames} frames of {encoder.audio_kind} features")
     reason = ""
     if emotion is None:
         emotion = "auto" if encoder.emotion is not None else "none"
@@ -157,9 +162,9 @@ class Session:
     """What every item of one `floatctl sample` run shares, and the running totals."""
 
     o: SampleOptions
-    sm: object  # trainer.generate.SamplingModel
+    sm: object  # trainer.checkpoints.SamplingModel
     manifest: dict
-    decoder: object  # trainer.generate.MotionDecoder
+    decoder: object  # preprocess.manifest_encoders.MotionDecoder
     out: Path
     result: SampleResult
     settings: dict
@@ -283,6 +288,13 @@ def _summary(s: Session, entries: list[dict], device: torch.device, log) -> dict
 
 def run_sample(o: SampleOptions, log: Callable[[str], None] = print) -> SampleResult:
     """Everything `floatctl sample` does; raises SampleError / InputError for bad input."""
+    try:
+        return _run_sample(o, log)
+    except (EncoderSetupError, ShardError) as e:  # the encoders or shards the checkpoint names
+        raise SampleError(str(e)) from None
+
+
+def _run_sample(o: SampleOptions, log: Callable[[str], None]) -> SampleResult:
     emotion = parse_emotion(o.emotion)
     if (o.audio is None) != (o.image is None):
         raise SampleError("--audio and --image go together (a new portrait speaking new audio); "
