@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
+import typer
 
 from float.checkpoint import (MOTION_AUTOENCODER, CheckpointError, load_official_state_dict, load_parts,
                               motion_autoencoder_state, official_state_dict)
 from float.model import FloatMotionModel
 from shards.files import atomic_write_bytes
 from trainer.checkpoints import Log, load_sampling_model
-from trainer.errors import SampleError
+from trainer.errors import SampleError, exit_with_error
 
 
 @dataclass
@@ -66,3 +68,23 @@ def export_official(checkpoint: str | Path, out: str | Path, use_ema: bool = Tru
     if not report.ok:
         raise SampleError(f"{out}: the exported file does not load back into a fresh model:\n{report}")
     return ExportReport(out, sm.weights, sm.step, keys, copied, str(report))
+
+
+def export(
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint."),
+    out: Path = typer.Argument(..., help="Output .pth: an official-format state dict."),
+    ema: bool = typer.Option(True, "--ema/--raw", help="EMA weights (default) or the raw training weights."),
+    float_ckpt: Optional[Path] = typer.Option(None, help="Also copy motion_autoencoder.* from this official "
+                                                         "float.pth, so the official code finds every weight."),
+) -> None:
+    """Write fmt.* and audio_encoder.audio_projection.* under the official names."""
+    try:
+        report = export_official(checkpoint, out, ema, float_ckpt, log=lambda m: print(m, flush=True))
+    except SampleError as e:
+        exit_with_error(str(e))
+        return
+    extra = f" + {report.motion_autoencoder_keys} motion_autoencoder.* from {float_ckpt}" \
+        if report.motion_autoencoder_keys else " (no motion_autoencoder.*: pass --float-ckpt for a complete file)"
+    print(f"wrote {report.path}: {report.keys} tensors from the {report.weights.upper()} weights of step "
+          f"{report.step}{extra}")
+    print(f"read back into a fresh model:\n{report.load_report}")

@@ -117,3 +117,11 @@ def emotion_vector(choice: str, waveform: np.ndarray | None = None, encoder=None
     out = np.zeros(len(EMOTIONS), np.float32)
     out[EMOTIONS.index(choice)] = 1.0
     return out
+
+
+def emotion_name(vector: np.ndarray) -> str:
+    """How an emotion vector reads in logs: a label, "none", or "probs (top LABEL)"."""
+    if not np.any(vector):
+        return "none"
+    top = int(np.argmax(vector))
+    return EMOTIONS[top] if np.isclose(vector.sum(), 1.0) and vector.max() == 1.0 else f"probs (top {EMOTIONS[top]})"

@@ -17,7 +17,6 @@ Exit codes: 0 done, 2 bad input (the message on stderr names the file and why).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 import typer
 from torch import Tensor
 
-from float.config import EMOTIONS, SAMPLES_PER_FRAME, SAMPLING_RATE
+from float.config import SAMPLES_PER_FRAME, SAMPLING_RATE
 from float.device import resolve_device
 from preprocess.encode import EncoderSetupError
 from preprocess.manifest_encoders import build_audio_encoder, build_motion_autoencoder
@@ -36,11 +35,11 @@ from preprocess.media import source_waveform
 from shards.heldout import pick_split, read_heldout_clips
 from shards.tar import ShardError
 from trainer.checkpoints import default_output_dir, load_manifest, load_sampling_model
-from trainer.errors import SampleError
-from trainer.export import export_official
+from trainer.errors import SampleError, exit_with_error
+from trainer.export import export  # noqa: F401  (floatctl export, registered next to sample)
 from trainer.generate import generate, motion_errors, save_latents
-from trainer.media_input import (EMOTION_CHOICES, InputError, emotion_vector, load_audio, load_reference_image,
-                                 parse_emotion)
+from trainer.media_input import (EMOTION_CHOICES, InputError, emotion_name, emotion_vector, load_audio,
+                                 load_reference_image, parse_emotion)
 from trainer.plot import feature_energy, frame_energy, plot_motion
 from trainer.render import encode_reference, render_motion, side_by_side, write_mp4
 
@@ -99,13 +98,6 @@ class SampleResult:
     decoder_random: bool = False
 
 
-def _emotion_name(vector: np.ndarray) -> str:
-    if not np.any(vector):
-        return "none"
-    top = int(np.argmax(vector))
-    return EMOTIONS[top] if np.isclose(vector.sum(), 1.0) and vector.max() == 1.0 else f"probs (top {EMOTIONS[top]})"
-
-
 def _heldout_items(o: SampleOptions, manifest: dict, folder: Path, emotion: str | None, encoder, log) -> list[Item]:
     split = pick_split(manifest, o.split)
     clips = read_heldout_clips(folder, manifest, split, o.clips, log=log)
@@ -118,7 +110,7 @@ def _heldout_items(o: SampleOptions, manifest: dict, folder: Path, emotion: str 
         else:
             we = emotion_vector(emotion, wave, encoder)
         items.append(Item(clip.key, clip.audio, clip.motion[0], we, wave, clip.reference, clip.motion,
-                          _emotion_name(we)))
+                          emotion_name(we)))
         if wave is None:
             log(f"note: {clip.key}: its source audio is not available here; the video is silent and the plot uses "
                 "the audio-feature energy")
@@ -143,7 +135,7 @@ def _new_item(o: SampleOptions, manifest: dict, waveform: np.ndarray, emotion: s
         reason = "" if encoder.emotion is not None else \
             " (no speech-emotion model recorded in the manifest or given with --ser)"
     we = emotion_vector(emotion, wave, encoder)
-    label = f"auto ({_emotion_name(we)})" if emotion == "auto" else _emotion_name(we)
+    label = f"auto ({emotion_name(we)})" if emotion == "auto" else emotion_name(we)
     log(f"emotion: {label}{reason}")
     if decoder.autoencoder is not None:
         wr = encode_reference(decoder.autoencoder, reference).motion[0].float().cpu().numpy()
@@ -344,11 +336,6 @@ def _run_sample(o: SampleOptions, log: Callable[[str], None]) -> SampleResult:
     return s.result
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    raise typer.Exit(code=2)
-
-
 def sample(
     checkpoint: Path = typer.Argument(..., help="Training checkpoint, e.g. runs/NAME/checkpoints/final.pt."),
     audio: Optional[Path] = typer.Option(None, help="New speech: wav, mp3, flac, or a video's audio track "
@@ -386,24 +373,4 @@ def sample(
     try:
         run_sample(options, log=lambda m: print(m, flush=True))
     except (SampleError, InputError) as e:
-        _fail(str(e))
-
-
-def export(
-    checkpoint: Path = typer.Argument(..., help="Training checkpoint."),
-    out: Path = typer.Argument(..., help="Output .pth: an official-format state dict."),
-    ema: bool = typer.Option(True, "--ema/--raw", help="EMA weights (default) or the raw training weights."),
-    float_ckpt: Optional[Path] = typer.Option(None, help="Also copy motion_autoencoder.* from this official "
-                                                         "float.pth, so the official code finds every weight."),
-) -> None:
-    """Write fmt.* and audio_encoder.audio_projection.* under the official names."""
-    try:
-        report = export_official(checkpoint, out, ema, float_ckpt, log=lambda m: print(m, flush=True))
-    except SampleError as e:
-        _fail(str(e))
-        return
-    extra = f" + {report.motion_autoencoder_keys} motion_autoencoder.* from {float_ckpt}" \
-        if report.motion_autoencoder_keys else " (no motion_autoencoder.*: pass --float-ckpt for a complete file)"
-    print(f"wrote {report.path}: {report.keys} tensors from the {report.weights.upper()} weights of step "
-          f"{report.step}{extra}")
-    print(f"read back into a fresh model:\n{report.load_report}")
+        exit_with_error(str(e))
