@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchaudio.models import Wav2Vec2Model
 
+from float.config import FPS, SAMPLES_PER_FRAME, SAMPLING_RATE
 from float.hf_checkpoint import build_wav2vec2, load_hf_wav2vec2, state_fingerprint
 
 # HF config.json fields of facebook/wav2vec2-base-960h (the official audio encoder) and of a
@@ -67,12 +68,12 @@ def receptive_field(config: dict) -> int:
     return field
 
 
-def frames_for_samples(n_samples: int, fps: float = 25, sr: int = 16000) -> int:
+def frames_for_samples(n_samples: int, fps: float = FPS, sr: int = SAMPLING_RATE) -> int:
     """Video frames covering `n_samples` audio samples, rounded up like the official sampler."""
     return math.ceil(n_samples * fps / sr)
 
 
-def pad_to_frames(waveform: Tensor, seq_len: int, samples_per_frame: int = 640) -> Tensor:
+def pad_to_frames(waveform: Tensor, seq_len: int, samples_per_frame: int = SAMPLES_PER_FRAME) -> Tensor:
     """Replicate-pad the last axis to seq_len * samples_per_frame samples, as the official
     `AudioEncoder.inference` does before encoding. Waveforms already that long are returned
     unchanged (the interpolation to seq_len handles any length)."""

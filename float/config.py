@@ -10,6 +10,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+# FLOAT's seven emotion classes, in the speech-emotion model's label order: the
+# model's emotion input (dim_e) is a vector over these, so they belong to the model.
+EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+
 
 @dataclass(frozen=True)
 class FloatConfig:
@@ -21,7 +25,7 @@ class FloatConfig:
     ae_width: float = 1.0  # auto-encoder channel multiplier; < 1 only for seeded-random CPU runs
     # conditions
     dim_a: int = 512  # projected audio width (the official model uses dim_w)
-    dim_e: int = 7  # emotion classes
+    dim_e: int = len(EMOTIONS)  # emotion classes
     audio_input_dim: int = 9216  # wav2vec2 features per frame: 12 layers x 768
     # flow matching transformer
     dim_h: int = 1024
@@ -72,6 +76,13 @@ class FloatConfig:
         """{field: (self value, other value)} for every differing field."""
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a if a[k] != b[k] and k != "name"}
+
+
+# The official timing, the one home of these numbers for every stage that cuts, encodes or renders
+# media (FloatConfig's defaults; a config never changes them, shards record and check them).
+FPS: int = FloatConfig.fps  # video frames per second (25)
+SAMPLING_RATE: int = FloatConfig.sampling_rate  # audio samples per second (16 kHz)
+SAMPLES_PER_FRAME: int = FloatConfig().samples_per_frame  # audio samples per video frame (640)
 
 
 PRESETS: dict[str, FloatConfig] = {

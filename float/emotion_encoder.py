@@ -1,4 +1,4 @@
-"""Frozen speech-emotion classifier (the official `Audio2Emotion`) and RAVDESS label mapping.
+"""Frozen speech-emotion classifier (the official `Audio2Emotion`).
 
 The official model is a Hugging Face `Wav2Vec2ForSpeechClassification` folder: wav2vec2 with
 stable layer norm, pooling of the last hidden state over time (mean), then
@@ -13,8 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from float.audio_encoder import normalize_waveform, receptive_field, seeded_random_wav2vec2
-from float.hf_checkpoint import CheckpointError, load_hf_wav2vec2_with_head, state_fingerprint
-from shards.format import EMOTIONS, RAVDESS_TO_FLOAT
+from float.config import EMOTIONS
+from float.checkpoint import CheckpointError
+from float.hf_checkpoint import load_hf_wav2vec2_with_head, state_fingerprint
 
 
 # Spellings other SER models use for the same classes.
@@ -36,13 +37,6 @@ SER_CONFIGS: dict[str, dict] = {
     "tiny": dict(_SER_BASE, conv_dim=[32] * 7, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=64, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2),
 }
-
-
-def ravdess_emotion_index(code: int) -> int:
-    """Index into EMOTIONS of a RAVDESS emotion code (the third field of its file names)."""
-    if code not in RAVDESS_TO_FLOAT:
-        raise ValueError(f"unknown RAVDESS emotion code {code!r}; expected 1..8")
-    return EMOTIONS.index(RAVDESS_TO_FLOAT[code])
 
 
 def label_order(config: dict, num_labels: int) -> list[int]:

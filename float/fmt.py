@@ -152,25 +152,34 @@ class Decoder(nn.Module):
 
 
 # ---------------------------------------------------------------- the model
-def sample_condition_keep(cfg: FloatConfig, batch_size: int, device, generator=None) -> dict[str, Tensor]:
-    """Per-sample keep masks (float 0/1, shape (B,)) for each condition, drawn independently.
+# The conditions dropped for classifier-free guidance, in the order their keep masks are drawn.
+CONDITIONS = ("audio", "ref", "emotion", "prev", "prev_audio")
 
-    As the official FMT trains: audio, reference and emotion with ``cfg.*_dropout``;
-    preceding motion and preceding audio each with ``cfg.prev_dropout``. Dropping
+
+def condition_dropout_rates(cfg: FloatConfig) -> dict[str, float]:
+    """As the official FMT trains: audio, reference and emotion with ``cfg.*_dropout``; preceding
+    motion and preceding audio each with ``cfg.prev_dropout``."""
+    return {"audio": cfg.audio_dropout, "ref": cfg.ref_dropout, "emotion": cfg.emotion_dropout,
+            "prev": cfg.prev_dropout, "prev_audio": cfg.prev_dropout}
+
+
+def sample_condition_keep(cfg: FloatConfig, batch_size: int, device, generator=None) -> dict[str, Tensor]:
+    """Per-sample keep masks (float 0/1, shape (B,)) for each of CONDITIONS, drawn independently.
+
+    The one place condition dropout is drawn (the loss applies the masks). Dropping
     the audio zeroes the current audio only, which is what the unconditional pass
     of the guidance feeds (it keeps the preceding audio). One draw per sample and
-    condition, always in this order, so a seeded run is reproducible.
+    condition, always in CONDITIONS order, so a seeded run is reproducible.
     """
-    probs = {
-        "audio": cfg.audio_dropout,
-        "ref": cfg.ref_dropout,
-        "emotion": cfg.emotion_dropout,
-        "prev": cfg.prev_dropout,
-        "prev_audio": cfg.prev_dropout,
-    }
+    rates = condition_dropout_rates(cfg)
     draw_device = generator.device if generator is not None else device
-    u = torch.rand(len(probs), batch_size, device=draw_device, generator=generator).to(device)
-    return {name: (u[i] >= p).float() for i, (name, p) in enumerate(probs.items())}
+    u = torch.rand(len(CONDITIONS), batch_size, device=draw_device, generator=generator).to(device)
+    return {name: (u[i] >= rates[name]).float() for i, name in enumerate(CONDITIONS)}
+
+
+def keep_all_conditions(batch_size: int, device) -> dict[str, Tensor]:
+    """Keep masks that drop nothing (validation, deterministic losses)."""
+    return {name: torch.ones(batch_size, device=device) for name in CONDITIONS}
 
 
 class FlowMatchingTransformer(nn.Module):
@@ -234,32 +243,17 @@ class FlowMatchingTransformer(nn.Module):
             raise ValueError(f"float/fmt.py: t has {t.shape[0]} values, expected 1 or the batch size {b}")
         return t, we
 
-    def _condition_dropout(self, wa, wr, we, prev_x, prev_wa, generator):
-        """Zero whole conditions per sample (classifier-free training). Not in place."""
-        keep = sample_condition_keep(self.cfg, wa.shape[0], wa.device, generator)
-
-        def kept(tensor: Tensor, name: str) -> Tensor:
-            return tensor * keep[name].to(tensor.dtype).view(-1, *([1] * (tensor.dim() - 1)))
-
-        return (kept(wa, "audio"), kept(wr, "ref"), kept(we, "emotion"), kept(prev_x, "prev"),
-                kept(prev_wa, "prev_audio"))
-
     # -- forward passes
     def forward(self, t: Tensor, x: Tensor, wa: Tensor, wr: Tensor, we: Tensor, prev_x: Tensor,
-                prev_wa: Tensor, drop_conditions: bool | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
+                prev_wa: Tensor) -> Tensor:
         """Vector field for [prev_x, x]: returns (B, num_prev_frames + num_frames, dim_w).
 
         t (B,) or (1,) flow time in [0, 1]; x (B, 50, dim_w) noisy motion;
         wa (B, 50, dim_a) audio; wr (B, dim_w) reference motion; we (B, 7) or
         (B, 1, 7) emotion; prev_x (B, 10, dim_w), prev_wa (B, 10, dim_a) the
-        preceding frames. Conditions are randomly dropped when drop_conditions
-        is True, or when it is None and the module is training."""
+        preceding frames. Nothing is dropped here: training's condition dropout is drawn by
+        ``sample_condition_keep`` and applied by float/loss.py, guidance's by ``forward_with_cfv``."""
         t, we = self._check_inputs(t, x, wa, wr, we, prev_x, prev_wa)
-        if drop_conditions is None:
-            drop_conditions = self.training
-        if drop_conditions:
-            wa, wr, we, prev_x, prev_wa = self._condition_dropout(wa, wr, we, prev_x, prev_wa, generator)
 
         tokens = self.x_embedder(torch.cat([prev_x, x], dim=1)) + self.pos_embed
         audio = torch.cat([prev_wa, wa], dim=1)
@@ -286,7 +280,7 @@ class FlowMatchingTransformer(nn.Module):
         accepted for API compatibility; like the official code it has no
         effect. With all scales 1 this is the plain conditional forward."""
         if a_cfg_scale == 1.0 and r_cfg_scale == 1.0 and e_cfg_scale == 1.0:
-            return self.forward(t, x, wa, wr, we, prev_x, prev_wa, drop_conditions=False)
+            return self.forward(t, x, wa, wr, we, prev_x, prev_wa)
         _, we = self._check_inputs(t, x, wa, wr, we, prev_x, prev_wa)
         no_wa, no_we = torch.zeros_like(wa), torch.zeros_like(we)
 
@@ -298,6 +292,6 @@ class FlowMatchingTransformer(nn.Module):
         t3 = t3 if t3.shape[0] == 1 else three(t3, t3, t3)
         out = self.forward(t3, three(x, x, x), three(no_wa, wa, wa), three(wr, wr, wr),
                            three(no_we, we, no_we), three(prev_x, prev_x, prev_x),
-                           three(prev_wa, prev_wa, prev_wa), drop_conditions=False)
+                           three(prev_wa, prev_wa, prev_wa))
         uncond, cond_all, audio_only = out.chunk(3, dim=0)
         return uncond + a_cfg_scale * (audio_only - uncond) + e_cfg_scale * (cond_all - audio_only)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from pathlib import Path
 
 import torch
 from torchaudio.models import Wav2Vec2Model, wav2vec2_model
+
+from float.checkpoint import CheckpointError, safe_torch_load
 
 SAFETENSORS = "model.safetensors"
 PYTORCH_BIN = "pytorch_model.bin"
@@ -41,10 +42,6 @@ _WEIGHT_NORM_SUFFIXES = {
     "conv.weight_g": "conv.parametrizations.weight.original0",
     "conv.weight_v": "conv.parametrizations.weight.original1",
 }
-
-
-class CheckpointError(ValueError):
-    """A model folder or its weights cannot be used; the message names the file and the reason."""
 
 
 def read_hf_config(folder: str | Path) -> dict:
@@ -231,15 +228,7 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as err:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path}: refused to load: the pickle holds more than tensors (code or objects), and only "
-            "weights_only loading is allowed; convert it to safetensors from a trusted source"
-        ) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({err})") from err
+    state = safe_torch_load(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a flat dict of tensors")
     return state

@@ -85,7 +85,7 @@ class FloatMotionModel(nn.Module):
             prev_wa = prev_wa * prev_mask.unsqueeze(-1).to(prev_wa.dtype)
         if audio_keep is not None:
             wa = wa * audio_keep.view(-1, 1, 1).to(wa.dtype)
-        return self.fmt(t, x, wa, wr, we, prev_x, prev_wa, drop_conditions=False)
+        return self.fmt(t, x, wa, wr, we, prev_x, prev_wa)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -27,61 +27,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shards.format import EMOTIONS
+from float.device import resolve_device
+from shards.sample import REFERENCE_QUALITY, REFERENCE_SIZE
+
+from float.config import EMOTIONS, SAMPLES_PER_FRAME, SAMPLING_RATE
 
 # Log-mel at the video frame rate: one 80 ms Hann window (n_fft 1280) centred on
 # the middle of each 40 ms video frame (hop 640 samples at 16 kHz = 25 fps),
 # 80 Slaney mel bands 0-8 kHz on the power spectrum, natural log with a 1e-6 floor.
 MEL_N_MELS = 80
 MEL_N_FFT = 1280
-MEL_HOP = 640
-MEL_SAMPLE_RATE = 16000
+MEL_HOP = SAMPLES_PER_FRAME
+MEL_SAMPLE_RATE = SAMPLING_RATE
 MEL_LOG_FLOOR = 1e-6
 
-REFERENCE_SIZE = 128  # side of the reference JPEG (cropped first frame)
-REFERENCE_QUALITY = 90
 
 AUDIO_KINDS = ("wav2vec2", "mel")
 
 
 class EncoderSetupError(ValueError):
     """Weights or options that cannot be used; raised before any clip is processed."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; "cuda" without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise EncoderSetupError("--device cuda was asked for but torch sees no CUDA device")
-    if device not in ("cpu", "cuda"):
-        raise EncoderSetupError(f"--device must be auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
-
-
-def emotion_one_hot(label: str | None) -> np.ndarray:
-    """(7,) float32 one-hot in EMOTIONS order; all zeros when the emotion is unknown."""
-    out = np.zeros(len(EMOTIONS), dtype=np.float32)
-    if label is not None:
-        if label not in EMOTIONS:
-            raise ValueError(f"emotion {label!r} is not one of {EMOTIONS}")
-        out[EMOTIONS.index(label)] = 1.0
-    return out
-
-
-def reference_jpeg(frame: np.ndarray, size: int = REFERENCE_SIZE, quality: int = REFERENCE_QUALITY) -> bytes:
-    """Small JPEG of one RGB uint8 frame (INTER_AREA downscale, fixed quality: deterministic)."""
-    import cv2
-
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-        raise ValueError(f"reference frame must be (H,W,3) uint8, got {frame.shape} {frame.dtype}")
-    if frame.shape[0] != size or frame.shape[1] != size:
-        interp = cv2.INTER_AREA if frame.shape[0] > size else cv2.INTER_CUBIC
-        frame = cv2.resize(frame, (size, size), interpolation=interp)
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError("cv2.imencode failed to write the reference JPEG")
-    return buf.tobytes()
 
 
 class LogMel:
@@ -244,26 +209,19 @@ def load_motion_encoder(size: int, float_ckpt: Path | None, seed: int,
             model = MotionAutoEncoder(size, width=width)
         source, random = f"random-seed-{seed}", True
     else:
-        from float.checkpoint import CheckpointError, load_official_state_dict
+        from float.checkpoint import CheckpointError, load_official_state_dict, official_motion_autoencoder
 
         try:
             state = load_official_state_dict(float_ckpt)
         except CheckpointError as e:
             raise EncoderSetupError(f"--float-ckpt: {e}") from e
-        prefix = "motion_autoencoder."
-        own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not own:
-            raise EncoderSetupError(f"--float-ckpt {float_ckpt}: no 'motion_autoencoder.*' keys; "
-                                    "not an official FLOAT checkpoint")
         width = 1.0  # the official checkpoint is full width
-        model = MotionAutoEncoder(size)
         try:
-            model.load_state_dict(own, strict=True)
-        except RuntimeError as e:
-            raise EncoderSetupError(
-                f"--float-ckpt {float_ckpt}: motion auto-encoder weights do not fit a {size}px encoder "
-                f"(the official checkpoint is 512px: use --preset paper or --input-size 512): "
-                f"{str(e).splitlines()[0]}") from e
+            model = official_motion_autoencoder(state, size, f"--float-ckpt {float_ckpt}")
+        except CheckpointError as e:
+            hint = " (the official checkpoint is 512px: use --preset paper or --input-size 512)" \
+                if "do not fit" in str(e) else ""
+            raise EncoderSetupError(f"{e}{hint}") from e
         source, random = str(float_ckpt), False
     model.eval().requires_grad_(False)
     info = {"fingerprint": state_fingerprint(model), "source": source, "random": random, "size": size,
@@ -280,7 +238,10 @@ def build_encoder(input_size: int, audio_features: str = "auto", wav2vec2: Path 
         raise EncoderSetupError(f"--batch-size must be at least 1, got {batch_size}")
     check_weight_paths(float_ckpt, wav2vec2, ser)
     kind = resolve_audio_kind(audio_features, wav2vec2)
-    dev = resolve_device(device)
+    try:
+        dev = resolve_device(device)
+    except ValueError as e:
+        raise EncoderSetupError(str(e)) from None
     half = dev.type == "cuda"
 
     motion, motion_info = load_motion_encoder(input_size, float_ckpt, seed, ae_width)

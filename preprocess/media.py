@@ -10,16 +10,14 @@ import os
 import zipfile
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
 
 import av
 import numpy as np
 
+from float.config import FPS, SAMPLES_PER_FRAME, SAMPLING_RATE  
 from preprocess.discover import split_zip_member_path
-
-FPS = 25
-SAMPLING_RATE = 16000
-SAMPLES_PER_FRAME = SAMPLING_RATE // FPS
 # A clip whose decoded video ends this much before the container says it should is truncated.
 TRUNCATION_TOLERANCE_S = 0.5
 
@@ -282,3 +280,28 @@ def align(frames: Sequence[np.ndarray] | np.ndarray, audio: np.ndarray,
     if n == 0:
         raise ClipError("no complete frame: the video or the audio is empty")
     return frames[:n], audio[: n * samples_per_frame]
+
+
+def source_waveform(meta: dict, n_frames: int, samples_per_frame: int = SAMPLES_PER_FRAME) -> np.ndarray | None:
+    """The clip's 16 kHz waveform re-decoded from the source file named in meta.json, if it still exists.
+
+    The shard stage cuts audio to n_frames * SAMPLES_PER_FRAME samples from the start, so the
+    first samples of the decoded source line up with the shard's frames.
+    """
+    # The shard stage writes "source": {"video": ..., "audio": ...} (audio: a paired wav, or None
+    # when the video's own track was used); plain strings are accepted too.
+    source = meta.get("source")
+    candidates = [source.get("audio"), source.get("video")] if isinstance(source, dict) else [source]
+    for src in candidates:
+        if not isinstance(src, str) or not src:
+            continue
+        if not (src.startswith("zip:") or Path(src).is_file()):
+            continue
+        try:
+            audio = decode_audio(src)
+        except ClipError:
+            continue
+        if len(audio) < (n_frames - 1) * samples_per_frame:
+            continue  # not this clip's audio (or a different cut)
+        return audio[: n_frames * samples_per_frame]
+    return None

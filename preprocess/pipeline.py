@@ -25,7 +25,6 @@ The actor split is computed from the whole dataset, so every part agrees on it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -38,21 +37,21 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from shards.format import (AUDIO, EMOTION, EMOTION_PROBS, ERRORS, FORMAT_VERSION, LAMBDAS, MANIFEST, META,
-                           MOTION, REFERENCE, SPLITS, encode_json, encode_npy)
-from shards.inspect import ShardReadError, ShardScan, file_sha256, list_shards, list_tmp_shards, scan_shard
-from shards.manifest import (CREATED_BY, ManifestError, diff_settings, fingerprint_inputs, format_diff,
-                             list_part_manifests, merge_parts, part_manifest_name, read_manifest,
+from shards.files import atomic_write_text, remove_stale_temporaries
+from float.config import FPS
+from shards.files import file_sha256
+from shards.format import ERRORS, FORMAT_VERSION, MANIFEST, SPLITS
+from shards.inspect import ShardScan, list_shards, list_tmp_shards, scan_shard
+from shards.manifest import (CREATED_BY, ManifestError, build_manifest, diff_settings, fingerprint_inputs,
+                             format_diff, list_part_manifests, merge_parts, part_manifest_name, read_manifest,
                              settings_fingerprint, write_manifest)
-from shards.writer import MAX_INDEX, TMP_SUFFIX, ShardInfo, ShardWriter, parse_shard_name
+from shards.sample import encode_sample, sample_meta
+from shards.tar import ShardError
+from shards.writer import TMP_SUFFIX, ShardInfo, ShardWriter, parse_shard_name
+from preprocess.splits import (PipelineError, _actor_order, assign_splits, index_range,  # noqa: F401  (API)
+                               parse_part, part_of)
 
 DEFAULT_SYNTHETIC_DIR = Path("data/synthetic_ravdess")
-
-
-class PipelineError(RuntimeError):
-    """A problem with the inputs or options, reported before (or instead of) doing the work."""
 
 
 def default_workers() -> int:
@@ -115,125 +114,17 @@ class RunSummary:
         return 0 if self.total_present > 0 else 1
 
 
-# --------------------------------------------------------------------------- small pure helpers
-def parse_part(part: str | None) -> tuple[int, int] | None:
-    """"2/4" -> (2, 4); None -> None."""
-    if part is None:
-        return None
-    try:
-        i, n = (int(x) for x in part.split("/"))
-    except ValueError:
-        raise PipelineError(f"--part must look like i/N (e.g. 2/4), got {part!r}") from None
-    if not (n >= 1 and 1 <= i <= n):
-        raise PipelineError(f"--part {part}: need 1 <= i <= N")
-    return i, n
-
-
-def part_of(clip_id: str, parts: int) -> int:
-    """1-based part owning a clip: stable per clip, independent of the rest of the dataset."""
-    return 1 + int(hashlib.sha256(clip_id.encode()).hexdigest()[:12], 16) % parts
-
-
-def index_range(part: tuple[int, int] | None) -> tuple[int, int]:
-    """Shard indices a part may use: [start, end)."""
-    if part is None:
-        return 0, MAX_INDEX
-    i, n = part
-    step = MAX_INDEX // n
-    return (i - 1) * step, i * step
-
-
-def _actor_order(actor: str):
-    return (0, int(actor), actor) if actor.isdigit() else (1, 0, actor)
-
-
-def assign_splits(actors, n_val: int = 2, n_test: int = 2, val_ids=(), test_ids=(),
-                  warn: Callable[[str], None] = print) -> dict[str, str]:
-    """{actor: split}. Explicit ids win; otherwise the highest-numbered actors go to test and
-    the ones just below them to val (RAVDESS default: actors 21-22 val, 23-24 test). With too
-    few actors the counts shrink (the larger first, test on a tie; with a warning) until at
-    most half of the actors are held out: 4 actors with 2/2 give 2 train, 1 val, 1 test;
-    2 actors give 1 train, 1 val; 1 actor trains alone."""
-    actors = sorted(set(actors), key=_actor_order)
-    if n_val < 0 or n_test < 0:
-        raise PipelineError("--val-actors and --test-actors must be >= 0")
-    val_ids, test_ids = [str(a) for a in val_ids], [str(a) for a in test_ids]
-    for name, ids in (("--val-ids", val_ids), ("--test-ids", test_ids)):
-        unknown = [a for a in ids if a not in actors]
-        if unknown:
-            raise PipelineError(f"{name}: actor(s) {unknown} not in the dataset (actors: {actors})")
-    both = sorted(set(val_ids) & set(test_ids))
-    if both:
-        raise PipelineError(f"actor(s) {both} given for both val and test")
-    if val_ids or test_ids:
-        explicit = {a: "val" for a in val_ids} | {a: "test" for a in test_ids}
-        if len(explicit) >= len(actors):
-            raise PipelineError("explicit val/test actors leave no actor for training")
-        # A split given explicitly is exactly that list; the other one is drawn by count from the rest.
-        rest = [a for a in actors if a not in explicit]
-        if not test_ids:
-            n_test = _fit_count(n_test, len(rest) - 1, "test", warn)
-            explicit |= {a: "test" for a in rest[len(rest) - n_test:]} if n_test else {}
-        elif not val_ids:
-            n_val = _fit_count(n_val, len(rest) - 1, "val", warn)
-            explicit |= {a: "val" for a in rest[len(rest) - n_val:]} if n_val else {}
-        return {a: explicit.get(a, "train") for a in actors}
-    if n_val + n_test > len(actors) // 2:
-        old = (n_val, n_test)
-        while n_val + n_test > len(actors) // 2:
-            if n_test >= n_val:  # keep val longest: training needs it more than a test split
-                n_test -= 1
-            else:
-                n_val -= 1
-        warn(f"WARNING: only {len(actors)} actor(s); val/test actors reduced from {old[0]}/{old[1]} "
-             f"to {n_val}/{n_test} so that at most half of the actors are held out")
-    out = {a: "train" for a in actors}
-    for a in actors[len(actors) - n_test:] if n_test else []:
-        out[a] = "test"
-    for a in actors[len(actors) - n_test - n_val:len(actors) - n_test] if n_val else []:
-        out[a] = "val"
-    return out
-
-
-def _fit_count(n: int, available: int, name: str, warn) -> int:
-    if n > available:
-        warn(f"WARNING: {name} actors reduced from {n} to {max(0, available)} (too few actors left)")
-        return max(0, available)
-    return n
-
-
 def sample_members(key: str, split: str, prepared, encoded, settings_fp: str, encoder_fps: dict) -> dict[str, bytes]:
-    """The shard members of one clip (see shards/format.py)."""
-    from preprocess.encode import emotion_one_hot, reference_jpeg
-
+    """The shard members of one prepared and encoded clip (the codec is shards/sample.py)."""
     src = prepared.source
-    meta = {
-        "key": key,
-        "split": split,
-        "actor": src.actor,
-        "source": {"video": src.video, "audio": src.audio},
-        "sha256": prepared.sha256,
-        "fps": 25,
-        "source_fps": round(float(prepared.source_fps), 6),
-        "n_frames": int(len(prepared.frames)),
-        "crop": prepared.box.as_dict() if prepared.box is not None else None,
-        "emotion": src.emotion,
-        "fields": src.fields,
-        "encoders": encoder_fps,
-        "settings_fingerprint": settings_fp,
-        "format_version": FORMAT_VERSION,
-    }
-    members = {
-        MOTION: encode_npy(encoded.motion.astype(np.float32)),
-        LAMBDAS: encode_npy(encoded.lambdas.astype(np.float32)),
-        AUDIO: encode_npy(encoded.audio.astype(np.float16)),
-        EMOTION: encode_npy(emotion_one_hot(src.emotion)),
-        REFERENCE: reference_jpeg(prepared.frames[0]),
-        META: encode_json(meta),
-    }
-    if encoded.emotion_probs is not None:
-        members[EMOTION_PROBS] = encode_npy(encoded.emotion_probs.astype(np.float32))
-    return members
+    meta = sample_meta(
+        key, split, FPS, len(prepared.frames), settings_fp,
+        actor=src.actor, source={"video": src.video, "audio": src.audio}, sha256=prepared.sha256,
+        source_fps=round(float(prepared.source_fps), 6),
+        crop=prepared.box.as_dict() if prepared.box is not None else None,
+        emotion=src.emotion, fields=src.fields, encoders=encoder_fps)
+    return encode_sample(meta, encoded.motion, encoded.lambdas, encoded.audio, src.emotion, prepared.frames[0],
+                         encoded.emotion_probs)
 
 
 # --------------------------------------------------------------------------- worker side
@@ -353,21 +244,6 @@ def _refuse_if_different(out: Path, scans, fingerprint: str, new_manifest: dict)
         f"different settings: {what}. Use another --out, or --overwrite to delete them and start over.")
 
 
-def build_manifest(scans, shard_hashes: dict[str, str], base: dict) -> dict:
-    """``base`` (features, encoders, settings...) plus the splits section from shard scans."""
-    manifest = dict(base)
-    manifest["splits"] = {}
-    for split in SPLITS:
-        mine = sorted((s for s in scans if s.split == split), key=lambda s: s.name)
-        manifest["splits"][split] = {
-            "clips": sum(len(s.keys) for s in mine),
-            "frames": sum(s.frames for s in mine),
-            "shards": [{"name": s.name, "samples": len(s.keys), "bytes": s.bytes, "sha256": shard_hashes[s.name]}
-                       for s in mine],
-        }
-    return manifest
-
-
 class _ManifestKeeper:
     """The run's manifest, rewritten (atomically) after every completed shard."""
 
@@ -465,12 +341,14 @@ def _prepare_out_folder(out: Path, part, overwrite: bool, base: dict, log) -> tu
         for tmp in (p for p in owned if p.name.endswith(TMP_SUFFIX)):
             log(f"discarding {tmp.name}: unfinished shard of an interrupted run; its clips are redone")
             tmp.unlink()
-    # A run killed while writing its manifest leaves the temporary file (the manifest is rebuilt at the end).
+    # A run killed while writing its manifest leaves the temporary file (the manifest is rebuilt at the end);
+    # "*.tmp" also matches the names writers before shards/files.py used.
+    remove_stale_temporaries(out, manifest_name)
     for tmp in out.glob(f".{manifest_name}.*.tmp"):
         tmp.unlink()
     try:
         scans = [scan_shard(p) for p in list_shards(out)]
-    except ShardReadError as e:
+    except ShardError as e:
         raise PipelineError(f"{e}; move it away (or use --overwrite) and rerun") from None
     _refuse_if_different(out, scans, base["fingerprint"], base)
     known = {}
@@ -588,11 +466,7 @@ def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummar
 
 
 def _write_errors(path: Path, errors: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for e in errors:
-            f.write(json.dumps(e, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
 
 
 class _NoProgress:
@@ -630,5 +504,5 @@ def merge_part_outputs(out: Path, allow_missing: bool = False) -> dict:
     lines = []
     for p in sorted(out.glob("errors.part-*-of-*.jsonl")):
         lines.extend(line for line in p.read_text().splitlines() if line.strip())
-    (out / ERRORS).write_text("".join(line + "\n" for line in lines))
+    atomic_write_text(out / ERRORS, "".join(line + "\n" for line in lines))
     return manifest

@@ -33,35 +33,24 @@ worker is ever left without data (which would hang DDP).
 from __future__ import annotations
 
 import logging
-import re
-import tarfile
 from pathlib import Path
-from typing import Collection, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset
-from webdataset.gopen import gopen
 
 from float.config import FloatConfig
-from shards.format import AUDIO, EMOTION, EMOTION_PROBS, FORMAT_VERSION, LAMBDAS, META, MOTION, REFERENCE
+from shards.format import FORMAT_VERSION, KNOWN_MEMBERS  # noqa: F401  (KNOWN_MEMBERS: read here by loop.py)
 from shards.manifest import read_manifest
-from shards.windows import (
-    Clip, CorruptSample, WindowSpec, collate, cut_windows, decode_clip, even_starts, random_draws,
-)
+from shards.sample import Clip, CorruptSample, decode_clip
+from shards.tar import ShardError, iter_tar_samples  # noqa: F401  (ShardError: part of this module's API)
+from shards.windows import WindowSpec, collate, cut_windows, even_starts, random_draws
 
 log = logging.getLogger(__name__)
 
-KNOWN_MEMBERS = (MOTION, AUDIO, LAMBDAS, EMOTION, EMOTION_PROBS, REFERENCE, META)
-_READ_MEMBERS = frozenset((MOTION, AUDIO, EMOTION, EMOTION_PROBS))  # the rest is skipped unread
-_MEMBER_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # WebDataset's key / suffix split
 STATE_VERSION = 1
-
-
-class ShardError(ValueError):
-    """A file that is not a usable shard (not a tar, or no shard members); names the file."""
-
 
 # ---------------------------------------------------------------- shard lists and compatibility
 def _to_open_url(url: str) -> str:
@@ -170,72 +159,6 @@ def assign_shards(num_shards: int, rank: int, world_size: int, stream: int, num_
     if num_shards >= world_size:
         return list(range(rank, num_shards, world_size))
     return list(range(num_shards))
-
-
-# ---------------------------------------------------------------- reading tar shards
-def iter_tar_samples(url: str, read: Collection[str] = _READ_MEMBERS) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {suffix: bytes}) for each sample of a tar, members grouped by WebDataset key.
-
-    Only the members in ``read`` are read (default: what training needs); the
-    others are present with empty bytes. ShardError names the file when
-    it is not a tar or holds no shard member at all; a tar cut short after some
-    samples ends the iteration with a warning (the samples before it are kept).
-    """
-    stream = gopen(url, "rb")
-    finished = False
-    try:
-        try:
-            tar = tarfile.open(fileobj=stream, mode="r|*")
-        except tarfile.TarError as e:
-            failure = _close_error(stream)
-            if failure:  # the download command failed: an I/O problem, not a foreign file
-                raise OSError(f"{url}: could not be read ({failure})") from e
-            raise ShardError(f"{url}: not a tar file ({e})") from e
-        key, members, known, foreign = None, {}, 0, []
-        try:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                m = _MEMBER_RE.match(info.name)
-                k, suffix = (m.group(1), m.group(2)) if m else (info.name, "")
-                if k != key:
-                    if key is not None:
-                        yield key, members
-                    key, members = k, {}
-                if suffix in KNOWN_MEMBERS:
-                    known += 1
-                elif len(foreign) < 5:
-                    foreign.append(info.name)
-                if suffix in read:
-                    members[suffix] = tar.extractfile(info).read()
-                else:
-                    members.setdefault(suffix, b"")  # present, not read
-        except tarfile.TarError as e:
-            if known == 0:
-                raise ShardError(f"{url}: unreadable tar ({e})") from e
-            log.warning("%s: tar is cut short (%s); using the samples before that point", url, e)
-            key = None  # the last sample may be incomplete
-        if known == 0:
-            raise ShardError(f"{url}: not a FLOAT shard: no member named *.{' / *.'.join(KNOWN_MEMBERS)} "
-                             f"(first members: {foreign})")
-        if key is not None:
-            yield key, members
-        finished = True
-    finally:
-        try:
-            stream.close()
-        except Exception as e:  # a pipe whose command failed; only worth raising if we read to the end
-            if finished:
-                raise OSError(f"{url}: {e}") from e
-
-
-def _close_error(stream) -> str:
-    """Close the stream; the error closing reports (a pipe command's exit status), or ""."""
-    try:
-        stream.close()
-    except Exception as e:
-        return str(e)
-    return ""
 
 
 # ---------------------------------------------------------------- training stream

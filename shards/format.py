@@ -1,8 +1,8 @@
 """The on-disk contract between the offline stage and the trainer.
 
 One WebDataset sample per clip. Member names (the part after the key) and the
-dtypes stored in them are fixed here and nowhere else; both the writer and the
-streaming dataset import these names.
+dtypes stored in them are fixed here and nowhere else; shards/sample.py encodes,
+decodes and checks samples with them, shards/tar.py reads them from tar files.
 """
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import io
 import json
 
 import numpy as np
+
+from float.config import EMOTIONS  # noqa: F401  (the model's classes; emotion.npy is a vector over them)
 
 FORMAT_VERSION = 1
 
@@ -22,15 +24,20 @@ EMOTION_PROBS = "emotion_probs.npy"  # (7,) float32: speech-emotion model softma
 REFERENCE = "ref.jpg"  # small JPEG of the cropped first frame
 META = "meta.json"  # actor, source path and sha256, fps, n_frames, crop box, fingerprints
 
+# Every member a sample may hold; the ones training decodes (the rest is skipped unread); the ones every
+# sample must hold (EMOTION_PROBS too when the manifest says features.emotion.probs).
+KNOWN_MEMBERS = (MOTION, AUDIO, LAMBDAS, EMOTION, EMOTION_PROBS, REFERENCE, META)
+TRAINING_MEMBERS = frozenset((MOTION, AUDIO, EMOTION, EMOTION_PROBS))
+REQUIRED_MEMBERS = (MOTION, LAMBDAS, AUDIO, EMOTION, REFERENCE, META)
+# meta.json: the keys every sample's meta must have (the writer adds crop, emotion, fields, encoders...).
+REQUIRED_META = ("key", "actor", "split", "n_frames", "fps", "sha256", "source", "settings_fingerprint")
+
 MOTION_DTYPE = np.float32
 AUDIO_DTYPE = np.float16
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
 ERRORS = "errors.jsonl"
-
-# FLOAT's seven emotion classes, in the speech-emotion model's label order.
-EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 
 # RAVDESS file-name emotion codes -> FLOAT's classes (calm has no class of its own: neutral).
 RAVDESS_TO_FLOAT: dict[int, str] = {
@@ -43,6 +50,13 @@ RAVDESS_TO_FLOAT: dict[int, str] = {
     7: "disgust",
     8: "surprise",
 }
+
+
+def ravdess_emotion_index(code: int) -> int:
+    """Index into EMOTIONS of a RAVDESS emotion code (the third field of its file names)."""
+    if code not in RAVDESS_TO_FLOAT:
+        raise ValueError(f"unknown RAVDESS emotion code {code!r}; expected 1..8")
+    return EMOTIONS.index(RAVDESS_TO_FLOAT[code])
 
 
 def encode_npy(array: np.ndarray) -> bytes:

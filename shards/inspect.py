@@ -8,27 +8,18 @@ against the manifest.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from shards.format import (AUDIO, EMOTION, EMOTION_PROBS, LAMBDAS, MANIFEST, META, MOTION, REFERENCE,
-                           SPLITS, decode_npy)
+from shards.files import file_sha256
+from shards.format import MANIFEST, META, SPLITS
 from shards.manifest import ManifestError, read_manifest
+from shards.sample import check_sample
+from shards.tar import ShardError, iter_tar_samples
 from shards.writer import TMP_SUFFIX, parse_shard_name
 
-REQUIRED_MEMBERS = (MOTION, LAMBDAS, AUDIO, EMOTION, REFERENCE, META)
-REQUIRED_META = ("key", "actor", "split", "n_frames", "fps", "sha256", "source", "settings_fingerprint")
 MAX_LISTED_PROBLEMS = 50
-
-
-class ShardReadError(ValueError):
-    """A shard that cannot be read as a tar of samples; the message names the file."""
-
 
 @dataclass
 class ShardScan:
@@ -43,54 +34,24 @@ class ShardScan:
     actors: set[str] = field(default_factory=set)
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def iter_samples(path: Path, only: tuple[str, ...] | None = None):
-    """Yield (key, {suffix: bytes}) per sample, in tar order. ``only`` limits the members read."""
-    try:
-        with tarfile.open(path, "r:") as tar:
-            key, members = None, {}
-            for info in tar:
-                if not info.isfile():
-                    raise ShardReadError(f"{path}: member {info.name!r} is not a regular file")
-                sample_key, dot, suffix = info.name.partition(".")
-                if not dot or "/" in info.name:
-                    raise ShardReadError(f"{path}: member {info.name!r} is not named KEY.SUFFIX")
-                if sample_key != key:
-                    if key is not None:
-                        yield key, members
-                    key, members = sample_key, {}
-                if suffix in members:
-                    raise ShardReadError(f"{path}: sample {sample_key!r} has {suffix!r} twice")
-                if only is None or suffix in only:
-                    members[suffix] = tar.extractfile(info).read()
-                else:
-                    members[suffix] = b""
-            if key is not None:
-                yield key, members
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise ShardReadError(f"{path}: unreadable shard ({e})") from e
+    """Yield (key, {suffix: bytes}) per sample, in tar order, strictly (``only`` limits the members read)."""
+    return iter_tar_samples(path, read=only, strict=True)
 
 
 def scan_shard(path: Path) -> ShardScan:
     """Keys, frame total, actors and settings fingerprints of a complete shard (reads meta.json only)."""
     parsed = parse_shard_name(path.name)
     if parsed is None:
-        raise ShardReadError(f"{path}: not a shard name (expected split-NNNNNN.tar)")
+        raise ShardError(f"{path}: not a shard name (expected split-NNNNNN.tar)")
     scan = ShardScan(path.name, parsed[0], parsed[1], path.stat().st_size)
     for key, members in iter_samples(path, only=(META,)):
         if META not in members:
-            raise ShardReadError(f"{path}: sample {key!r} has no {META}")
+            raise ShardError(f"{path}: sample {key!r} has no {META}")
         try:
             meta = json.loads(members[META])
         except ValueError as e:
-            raise ShardReadError(f"{path}: sample {key!r} has an unreadable {META} ({e})") from e
+            raise ShardError(f"{path}: sample {key!r} has an unreadable {META} ({e})") from e
         scan.keys.append(key)
         scan.frames += int(meta.get("n_frames", 0))
         scan.fingerprints.add(str(meta.get("settings_fingerprint")))
@@ -128,89 +89,6 @@ class InspectReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def _check_array(name: str, data: bytes, dtype: str, ndim: int, width: int | None, where: str,
-                 problems: list[str]) -> np.ndarray | None:
-    try:
-        arr = decode_npy(data)
-    except Exception as e:  # np.load raises several kinds on garbage
-        problems.append(f"{where}: {name} is not a readable .npy ({type(e).__name__}: {e})")
-        return None
-    if arr.dtype != np.dtype(dtype):
-        problems.append(f"{where}: {name} has dtype {arr.dtype}, manifest says {dtype}")
-    if arr.ndim != ndim or (width is not None and arr.shape[-1] != width):
-        want = f"(T, {width})" if ndim == 2 else f"({width},)"
-        problems.append(f"{where}: {name} has shape {arr.shape}, expected {want}")
-        return None
-    if not np.isfinite(arr.astype(np.float32)).all():
-        problems.append(f"{where}: {name} holds NaN or infinite values")
-    return arr
-
-
-def check_sample(key: str, members: dict[str, bytes], manifest: dict, split: str, where: str) -> tuple[list[str], dict]:
-    """Problems of one sample and its parsed meta ({} when unreadable)."""
-    problems: list[str] = []
-    feats = manifest["features"]
-    want_probs = bool(feats["emotion"].get("probs"))
-    required = set(REQUIRED_MEMBERS) | ({EMOTION_PROBS} if want_probs else set())
-    missing = sorted(required - set(members))
-    extra = sorted(set(members) - required)
-    if missing:
-        problems.append(f"{where}: missing members {missing}")
-    if extra:
-        problems.append(f"{where}: unexpected members {extra}")
-    meta: dict = {}
-    if META in members:
-        try:
-            meta = json.loads(members[META])
-        except ValueError as e:
-            problems.append(f"{where}: {META} is not JSON ({e})")
-        else:
-            absent = [k for k in REQUIRED_META if k not in meta]
-            if absent:
-                problems.append(f"{where}: {META} lacks {absent}")
-            if meta.get("key", key) != key:
-                problems.append(f"{where}: {META} key {meta.get('key')!r} differs from the sample key")
-            if meta.get("split", split) != split:
-                problems.append(f"{where}: {META} says split {meta.get('split')!r}, shard is {split!r}")
-            fp = meta.get("settings_fingerprint")
-            if fp is not None and fp != manifest["fingerprint"]:
-                problems.append(f"{where}: written with settings fingerprint {fp[:12]}, manifest has "
-                                f"{manifest['fingerprint'][:12]}")
-    lengths = {}
-    for name, feat, ndim in ((MOTION, "motion", 2), (LAMBDAS, "lambdas", 2), (AUDIO, "audio", 2)):
-        if name in members:
-            spec = feats[feat]
-            arr = _check_array(name, members[name], spec.get("dtype", "float32" if feat != "audio" else "float16"),
-                               ndim, spec["dim"], where, problems)
-            if arr is not None:
-                lengths[name] = arr.shape[0]
-    for name in (EMOTION, EMOTION_PROBS):
-        if name in members:
-            arr = _check_array(name, members[name], "float32", 1, feats["emotion"]["dim"], where, problems)
-            if arr is None:
-                continue
-            if name == EMOTION and not (set(np.unique(arr)) <= {0.0, 1.0} and arr.sum() <= 1):
-                problems.append(f"{where}: {EMOTION} is not a one-hot (or all-zero) vector: {arr.tolist()}")
-            if name == EMOTION_PROBS and (arr.min() < 0 or abs(float(arr.sum()) - 1) > 1e-3):
-                problems.append(f"{where}: {EMOTION_PROBS} is not a probability vector (sum {arr.sum():.4f})")
-    if lengths:
-        if len(set(lengths.values())) > 1:
-            problems.append(f"{where}: frame counts disagree: {lengths}")
-        t = next(iter(lengths.values()))
-        if t < 1:
-            problems.append(f"{where}: no frames")
-        if meta and meta.get("n_frames") not in (None, t):
-            problems.append(f"{where}: {META} n_frames {meta.get('n_frames')} but arrays have {t} frames")
-        meta.setdefault("n_frames", t)
-    if REFERENCE in members:
-        import cv2
-
-        img = cv2.imdecode(np.frombuffer(members[REFERENCE], np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            problems.append(f"{where}: {REFERENCE} is not a decodable JPEG")
-    return problems, meta
 
 
 def inspect_shards(folder: Path, manifest_name: str = MANIFEST, check_hash: bool = True) -> InspectReport:
@@ -265,7 +143,7 @@ def inspect_shards(folder: Path, manifest_name: str = MANIFEST, check_hash: bool
                         other = actor_split.setdefault(str(actor), split)
                         if other != split:
                             problems.append(f"{where}: actor {actor} appears in both {other} and {split}")
-            except ShardReadError as e:
+            except ShardError as e:
                 problems.append(str(e))
             stats.clips += samples
             if samples != shard["samples"]:

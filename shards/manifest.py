@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
+from shards.files import atomic_write_text
 from shards.format import FORMAT_VERSION, MANIFEST, SPLITS
 
 CREATED_BY = "floatctl shards"
@@ -67,18 +66,7 @@ def write_manifest(folder: Path, manifest: dict, name: str = MANIFEST) -> Path:
         raise ManifestError(f"refusing to write invalid manifest {Path(folder) / name}: " + "; ".join(problems))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a manifest is meant to be read
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / name)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(folder / name, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return folder / name
 
 
@@ -123,6 +111,22 @@ def validate_manifest(manifest: dict) -> list[str]:
             != manifest["fingerprint"]:
         problems.append("fingerprint does not match fingerprint_inputs (edited by hand?)")
     return problems
+
+
+def build_manifest(scans, shard_hashes: dict[str, str], base: dict) -> dict:
+    """``base`` (features, encoders, settings...) plus the splits section from shard scans
+    (shards.inspect.ShardScan: name, split, keys, frames, bytes), shards in name order."""
+    manifest = dict(base)
+    manifest["splits"] = {}
+    for split in SPLITS:
+        mine = sorted((s for s in scans if s.split == split), key=lambda s: s.name)
+        manifest["splits"][split] = {
+            "clips": sum(len(s.keys) for s in mine),
+            "frames": sum(s.frames for s in mine),
+            "shards": [{"name": s.name, "samples": len(s.keys), "bytes": s.bytes, "sha256": shard_hashes[s.name]}
+                       for s in mine],
+        }
+    return manifest
 
 
 def fingerprint_inputs(content_settings: dict, encoder_fingerprints: dict) -> dict:

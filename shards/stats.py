@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shards.dataset import iter_tar_samples
+from shards.tar import iter_tar_samples
 from shards.format import MOTION, decode_npy
 
 

@@ -8,7 +8,6 @@ work and no copies happen until ``collate`` packs a batch.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -16,9 +15,7 @@ import numpy as np
 import torch
 
 from float.config import FloatConfig
-from shards.format import AUDIO, EMOTION, EMOTION_PROBS, EMOTIONS, MOTION
-
-EMOTION_MODES = ("auto", "probs", "label")
+from shards.sample import Clip, CorruptSample, decode_clip  # noqa: F401  (decode_clip: windows' input)
 # Window entries that collate stacks into tensors (everything else but "key" is ignored).
 ARRAY_KEYS = ("motion", "prev_motion", "prev_mask", "audio", "prev_audio", "ref_motion", "emotion")
 INDEX_KEYS = ("start", "ref_frame")
@@ -38,101 +35,6 @@ class WindowSpec:
     @classmethod
     def from_config(cls, cfg: FloatConfig, windows_per_clip: int = 4) -> "WindowSpec":
         return cls(cfg.num_frames, cfg.num_prev_frames, windows_per_clip)
-
-
-class CorruptSample(ValueError):
-    """A shard sample that cannot be used; the message says why (the caller adds shard and key)."""
-
-
-@dataclass
-class Clip:
-    key: str
-    motion: np.ndarray  # (P + T, D) float32, rows [0, P) are zeros
-    audio: np.ndarray  # (P + T, A) float32, rows [0, P) are zeros
-    emotion: np.ndarray  # (7,) float32
-    num_frames: int  # T
-    pad: int  # P
-
-
-def _npy_into_padded(data: bytes, name: str, pad: int) -> np.ndarray:
-    """Decode an .npy payload of a 2-D array into a float32 array with ``pad`` zero rows in front.
-
-    Reads the header and views the payload in place, so the only copy is the
-    one into the padded float32 array (which also converts float16 audio).
-    """
-    buf = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(buf)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
-        else:  # rare header versions: let numpy parse them (one extra copy)
-            arr = np.load(io.BytesIO(data), allow_pickle=False)
-            shape, fortran, dtype = arr.shape, False, arr.dtype
-    except Exception as e:  # numpy raises ValueError/SyntaxError/... on garbage headers
-        raise CorruptSample(f"{name} is not a valid .npy ({type(e).__name__}: {e})") from e
-    if dtype.hasobject or dtype.kind not in "fiu":
-        raise CorruptSample(f"{name} has dtype {dtype}, expected a numeric array")
-    if len(shape) != 2:
-        raise CorruptSample(f"{name} has shape {shape}, expected (frames, features)")
-    count = shape[0] * shape[1]
-    offset = buf.tell()
-    if version not in ((1, 0), (2, 0)):
-        src = arr
-    else:
-        if len(data) - offset < count * dtype.itemsize:
-            raise CorruptSample(f"{name} is truncated: {len(data) - offset} data bytes for shape {shape} {dtype}")
-        order = "F" if fortran else "C"
-        src = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape, order=order)
-    out = np.empty((pad + shape[0], shape[1]), np.float32)
-    out[:pad] = 0.0
-    out[pad:] = src
-    # One reduction instead of an isfinite mask: NaN/inf anywhere makes the sum non-finite.
-    if not np.isfinite(out[pad:].sum()):
-        raise CorruptSample(f"{name} holds NaN or infinite values")
-    return out
-
-
-def _small_vector(data: bytes, name: str) -> np.ndarray:
-    try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as e:
-        raise CorruptSample(f"{name} is not a valid .npy ({type(e).__name__}: {e})") from e
-    if arr.shape != (len(EMOTIONS),) or arr.dtype.kind not in "fiu":
-        raise CorruptSample(f"{name} has shape {arr.shape} {arr.dtype}, expected ({len(EMOTIONS)},) numbers")
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise CorruptSample(f"{name} holds NaN or infinite values")
-    return arr
-
-
-def decode_clip(key: str, members: dict[str, bytes], pad: int, emotion: str = "auto",
-                motion_dim: int | None = None, audio_dim: int | None = None) -> Clip:
-    """Decode one shard sample (member suffix -> bytes) into a padded Clip; CorruptSample if unusable.
-
-    ``emotion``: "auto" uses the speech-emotion probabilities when the sample has
-    them and the one-hot label otherwise; "probs" requires the probabilities;
-    "label" always uses the label.
-    """
-    if emotion not in EMOTION_MODES:
-        raise ValueError(f"emotion must be one of {EMOTION_MODES}, got {emotion!r}")
-    wanted = [MOTION, AUDIO, EMOTION_PROBS if emotion == "probs" else EMOTION]
-    missing = [m for m in wanted if m not in members]
-    if missing:
-        raise CorruptSample(f"missing member(s) {missing} (has {sorted(members)})")
-    motion = _npy_into_padded(members[MOTION], MOTION, pad)
-    audio = _npy_into_padded(members[AUDIO], AUDIO, pad)
-    frames = motion.shape[0] - pad
-    if audio.shape[0] - pad != frames:
-        raise CorruptSample(f"{AUDIO} has {audio.shape[0] - pad} frames but {MOTION} has {frames}")
-    if motion_dim is not None and motion.shape[1] != motion_dim:
-        raise CorruptSample(f"{MOTION} is {motion.shape[1]} wide, expected {motion_dim}")
-    if audio_dim is not None and audio.shape[1] != audio_dim:
-        raise CorruptSample(f"{AUDIO} is {audio.shape[1]} wide, expected {audio_dim}")
-    use_probs = emotion == "probs" or (emotion == "auto" and EMOTION_PROBS in members)
-    emo_name = EMOTION_PROBS if use_probs else EMOTION
-    return Clip(key, motion, audio, _small_vector(members[emo_name], emo_name), frames, pad)
 
 
 @lru_cache(maxsize=None)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from shards.files import replace_durably
 from shards.format import SPLITS
 
 TMP_SUFFIX = ".tmp"
@@ -201,8 +202,7 @@ class ShardWriter:
         self._raw.close()
         tmp = self.folder / (self._name + TMP_SUFFIX)
         final = self.folder / self._name
-        os.replace(tmp, final)
-        fsync_dir(self.folder)
+        replace_durably(tmp, final)
         info = ShardInfo(self._name, len(self._keys), self._hasher.count,
                          self._hasher.sha.hexdigest(), list(self._keys))
         self._tar = None
@@ -210,17 +210,3 @@ class ShardWriter:
         self.completed.append(info)
         if self.on_complete is not None:
             self.on_complete(info)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (best effort: not every filesystem allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -7,13 +7,10 @@ import shutil
 import pytest
 import torch
 
-from float.emotion_encoder import (
-    RAVDESS_TO_FLOAT,
-    EmotionEncoder,
-    ravdess_emotion_index,
-)
-from float.hf_checkpoint import CheckpointError
-from shards.format import EMOTIONS
+from float.checkpoint import CheckpointError
+from float.config import EMOTIONS
+from float.emotion_encoder import EmotionEncoder
+from shards.format import RAVDESS_TO_FLOAT, ravdess_emotion_index
 
 FOLDERS = ("ser_tiny", "ser_tiny_legacy")
 ATOL = 1e-5

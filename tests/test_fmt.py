@@ -156,55 +156,8 @@ def test_rejects_bad_shapes():
             model(**{**good, name: value})
 
 
-# ---------------------------------------------------------------- condition dropout
-@pytest.mark.parametrize("which,zeroed", [
-    ("audio_dropout", ("wa",)),  # the guidance's unconditional pass keeps the preceding audio
-    ("ref_dropout", ("wr",)),
-    ("emotion_dropout", ("we",)),
-    ("prev_dropout", ("prev_x", "prev_wa")),
-])
-def test_each_condition_dropout_zeroes_its_inputs(which, zeroed):
-    probs = dict(audio_dropout=0.0, ref_dropout=0.0, emotion_dropout=0.0, prev_dropout=0.0)
-    probs[which] = 1.0
-    model = small_model(**probs)
-    inputs = random_inputs(model.cfg, batch=3)
-    copies = {k: v.clone() for k, v in inputs.items()}
-    with torch.no_grad():
-        dropped = model.train()(**inputs)
-        expected = model.eval()(**{**inputs, **{k: torch.zeros_like(inputs[k]) for k in zeroed}})
-        kept = model(**inputs)
-    assert torch.allclose(dropped, expected, atol=1e-6)
-    assert not torch.allclose(dropped, kept, atol=1e-3)
-    for k, v in copies.items():  # dropout must not zero the caller's tensors in place
-        assert torch.equal(inputs[k], v)
-
-
-def test_dropout_only_in_training_and_reproducible():
-    model = small_model()  # default probabilities 0.1 / 0.1 / 0.1 / 0.5
-    inputs = random_inputs(model.cfg, batch=64)
-    with torch.no_grad():
-        model.eval()
-        clean = model(**inputs)
-        assert torch.equal(model(**inputs), clean)  # eval: deterministic, no dropout
-        model.train()
-        assert torch.equal(model(**inputs, drop_conditions=False), clean)
-        torch.manual_seed(123)
-        first = model(**inputs)
-        torch.manual_seed(123)
-        second = model(**inputs)
-        third = model(**inputs)
-        g = torch.Generator().manual_seed(7)
-        with_generator = model(**inputs, generator=g)
-        g.manual_seed(7)
-        with_generator_again = model(**inputs, generator=g)
-        forced_in_eval = model.eval()(**inputs, drop_conditions=True)
-    assert torch.equal(first, second)
-    assert not torch.equal(second, third)
-    assert torch.equal(with_generator, with_generator_again)
-    touched = (first - clean).abs().amax(dim=(1, 2)) > 1e-6
-    # P(a sample keeps everything) = 0.9^3 * 0.5 * 0.5 ~ 0.18: most, not all, samples change.
-    assert 0.6 * 64 < touched.sum().item() < 0.97 * 64
-    assert not torch.allclose(forced_in_eval, clean, atol=1e-6)
+# Condition dropout is drawn by float.fmt.sample_condition_keep and applied by the loss only:
+# its tests live in tests/test_loss.py.
 
 
 def test_training_backward_reaches_every_trainable_parameter():

@@ -12,7 +12,8 @@ from preprocess.clip import PreparedClip
 from preprocess.command import inspect as inspect_command
 from preprocess.discover import ClipSource
 from preprocess.encode import EncodedClip
-from preprocess.pipeline import build_manifest, sample_members
+from preprocess.pipeline import sample_members
+from shards.manifest import build_manifest
 from shards.format import AUDIO, EMOTION, EMOTION_PROBS, MANIFEST, META, MOTION, decode_npy, encode_json, encode_npy
 from shards.inspect import file_sha256, format_report, inspect_shards, iter_samples, list_shards, scan_shard
 from shards.manifest import fingerprint_inputs, settings_fingerprint, write_manifest

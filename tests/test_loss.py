@@ -1,9 +1,10 @@
+import pytest
 import torch
 from torch import nn
 
 from conftest import IdentityNorm
 from float.config import get_preset
-from float.fmt import sample_condition_keep
+from float.fmt import CONDITIONS, keep_all_conditions, sample_condition_keep
 from float.loss import LossWeights, rectified_flow_loss
 
 
@@ -94,3 +95,46 @@ def test_condition_dropout_rates():
     assert abs(1 - keep["prev"].mean().item() - cfg.prev_dropout) < 0.015
     # independent draws per condition
     assert not torch.equal(keep["audio"], keep["ref"])
+
+
+class Recorder(IdentityNorm, nn.Module):
+    """Records the inputs the loss feeds the model; predicts zeros."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg, self.seen = cfg, {}
+
+    def forward(self, t, x, audio, prev_audio, wr, we, prev_x, prev_mask=None, audio_keep=None):
+        self.seen = dict(audio_keep=audio_keep, wr=wr, we=we, prev_x=prev_x, prev_mask=prev_mask)
+        return torch.zeros(x.shape[0], prev_x.shape[1] + x.shape[1], x.shape[2])
+
+
+@pytest.mark.parametrize("which,zeroed", [
+    ("audio", "audio_keep"),  # the guidance's unconditional pass keeps the preceding audio
+    ("ref", "wr"),
+    ("emotion", "we"),
+    ("prev", "prev_x"),
+    ("prev_audio", "prev_mask"),
+])
+def test_each_dropped_condition_reaches_the_model_zeroed(which, zeroed):
+    cfg = get_preset("tiny")
+    batch = make_batch(cfg)
+    model = Recorder(cfg)
+    rectified_flow_loss(model, batch, keep=keep_all_conditions(3, "cpu"))
+    kept = {k: v.clone() for k, v in model.seen.items()}
+    keep = keep_all_conditions(3, "cpu")
+    keep[which][1] = 0.0
+    rectified_flow_loss(model, batch, keep=keep)
+    assert not model.seen[zeroed][1].any()
+    assert torch.equal(model.seen[zeroed][0], kept[zeroed][0])
+    for name, value in model.seen.items():
+        if name != zeroed:
+            assert torch.equal(value, kept[name])
+
+
+def test_condition_keep_reproducible_and_keys_are_the_conditions():
+    cfg = get_preset("tiny")
+    first = sample_condition_keep(cfg, 64, "cpu", torch.Generator().manual_seed(7))
+    again = sample_condition_keep(cfg, 64, "cpu", torch.Generator().manual_seed(7))
+    assert tuple(first) == CONDITIONS == tuple(keep_all_conditions(2, "cpu"))
+    assert all(torch.equal(first[k], again[k]) for k in CONDITIONS)

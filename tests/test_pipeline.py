@@ -23,8 +23,8 @@ from preprocess import pipeline
 from preprocess.clip import prepare_clip
 from preprocess.command import shards as shards_command
 from preprocess.discover import discover
-from preprocess.encode import (EncoderSetupError, LogMel, build_encoder, emotion_one_hot, load_motion_encoder,
-                               reference_jpeg)
+from preprocess.encode import EncoderSetupError, LogMel, build_encoder, load_motion_encoder
+from shards.sample import emotion_one_hot, reference_jpeg
 from preprocess.pipeline import (PipelineError, ShardSettings, assign_splits, index_range, merge_part_outputs,
                                  parse_part, part_of, run_shards)
 from preprocess.synthetic import make_synthetic_ravdess

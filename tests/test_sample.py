@@ -27,8 +27,10 @@ from shard_factory import make_shards, read_split
 from shards.format import EMOTIONS
 from shards.manifest import read_manifest, write_manifest
 from trainer.checkpoints import CHECKPOINT_VERSION, save_final
-from trainer.generate import SampleError, generate, parse_emotion, source_waveform
-from trainer.media_input import InputError, load_audio, load_reference_image
+from preprocess.media import source_waveform
+from trainer.errors import SampleError
+from trainer.generate import generate
+from trainer.media_input import InputError, load_audio, load_reference_image, parse_emotion
 from trainer.render import write_mp4
 from trainer.sample_command import export, sample
 
@@ -162,7 +164,7 @@ def test_source_waveform_is_read_back_from_the_clip_source(tmp_path):
 
 
 def test_generation_is_seeded(run):
-    from trainer.generate import load_sampling_model
+    from trainer.checkpoints import load_sampling_model
 
     sm = load_sampling_model(run["ckpt"])
     clip = next(iter(read_split(run["shards"], "val").values()))

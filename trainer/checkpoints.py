@@ -1,4 +1,5 @@
-"""Training checkpoints: atomic writes, a `latest` pointer, rotation and safe loading.
+"""Training checkpoints: atomic writes, a `latest` pointer, rotation, safe loading, and the model of a
+checkpoint (with the shards it was trained on) for sampling and export.
 
 Layout inside ``runs/NAME/checkpoints/``:
   step_00001000.pt ...   the last K periodic checkpoints
@@ -12,27 +13,31 @@ is refused by the restricted unpickler before anything executes.
 """
 from __future__ import annotations
 
-import os
-import pickle
+import json
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from shards.writer import fsync_dir
+# CheckpointError: the one class for unusable weight files (float.pth, training checkpoints).
+from float.checkpoint import CheckpointError, load_exactly, safe_torch_load
+from float.config import FloatConfig
+from float.model import FloatMotionModel
+from shards.dataset import check_compatible
+from shards.manifest import read_manifest
+from shards.files import atomic_write_bytes, remove_stale_temporaries  # noqa: F401  (loop.py writes through it)
+from trainer.errors import SampleError
 
 CHECKPOINT_VERSION = 1
 LATEST = "latest"
 FINAL = "final.pt"
 STEP_NAME = re.compile(r"^step_(\d{8})\.pt$")
 REQUIRED_KEYS = ("version", "step", "model", "config")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message names the file and the reason."""
 
 
 def step_filename(step: int) -> str:
@@ -74,24 +79,6 @@ def restore_rng_state(state: dict) -> None:
 
 
 # ---------------------------------------------------------------- writing
-def atomic_write_bytes(path: Path, write: Callable[[object], None]) -> None:
-    """Write through ``write(file)`` to a temporary name, fsync, then rename over ``path``.
-
-    A crash (even SIGKILL) leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
-
-
 def write_latest_pointer(ckpt_dir: Path, name: str) -> None:
     atomic_write_bytes(Path(ckpt_dir) / LATEST, lambda f: f.write((name + "\n").encode()))
 
@@ -124,20 +111,7 @@ def save_final(ckpt_dir: str | Path, state: dict) -> Path:
 def load_checkpoint(path: str | Path) -> dict:
     """Load a training checkpoint with weights_only=True; CheckpointError names the file and reason."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
-            raise CheckpointError(
-                f"checkpoint {path}: refused, it holds Python objects other than tensors and plain "
-                f"containers (a pickle could run code on load; nothing was executed). Detail: "
-                f"{str(e).splitlines()[0]}") from None
-        raise CheckpointError(f"checkpoint {path}: unreadable pickle (truncated or corrupt): {e}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path}: cannot be read, the file is truncated or corrupt "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    state = safe_torch_load(path, label="checkpoint ")
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path}: expected a dict, found {type(state).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -178,14 +152,6 @@ def resume_candidates(ckpt_dir: str | Path) -> list[Path]:
     return ordered
 
 
-def remove_stale_temporaries(ckpt_dir: str | Path) -> None:
-    """Delete temporary files left by a writer that was killed mid-write (other process ids)."""
-    mine = f".tmp-{os.getpid()}"
-    for p in Path(ckpt_dir).glob(".*.tmp-*"):
-        if not p.name.endswith(mine):
-            p.unlink(missing_ok=True)
-
-
 def find_resume_checkpoint(ckpt_dir: str | Path, warn: Callable[[str], None] = print) -> tuple[Path, dict] | None:
     """The newest checkpoint that loads, skipping (with a warning) truncated or refused ones."""
     for path in resume_candidates(ckpt_dir):
@@ -205,3 +171,112 @@ def resolve_resume(resume: str | None, ckpt_dir: str | Path,
         return find_resume_checkpoint(ckpt_dir, warn)
     path = Path(resume)
     return path, load_checkpoint(path)
+
+
+# ---------------------------------------------------------------- loading for sampling and export
+Log = Callable[[str], None]
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+
+
+@dataclass
+class SamplingModel:
+    model: FloatMotionModel
+    cfg: FloatConfig
+    weights: str  # "ema" or "raw"
+    step: int
+    checkpoint: Path
+    settings: dict  # the training settings recorded in the checkpoint
+    manifest_fingerprint: str | None
+
+
+def strip_wrappers(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Remove DDP / torch.compile prefixes from state-dict keys."""
+    out = {}
+    for k, v in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _WRAPPER_PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def checkpoint_weights(state: dict, path: Path, use_ema: bool = True, log: Log = print) -> tuple[dict, str]:
+    """(state dict of FloatMotionModel, "ema" | "raw") from a training checkpoint."""
+    if use_ema:
+        if isinstance(state.get("ema"), dict) and state["ema"]:
+            return strip_wrappers(state["ema"]), "ema"
+        log(f"note: {path} holds no EMA weights; using the raw weights")
+    if not isinstance(state.get("model"), dict):
+        raise SampleError(f"checkpoint {path}: no model weights (key 'model')")
+    return strip_wrappers(state["model"]), "raw"
+
+
+def load_sampling_model(path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu",
+                        log: Log = print) -> SamplingModel:
+    """The FloatMotionModel of a training checkpoint (EMA weights by default), in eval mode on ``device``."""
+    path = Path(path)
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as e:
+        raise SampleError(str(e)) from None
+    try:
+        cfg = FloatConfig.from_dict(state["config"])
+    except (TypeError, ValueError) as e:
+        raise SampleError(f"checkpoint {path}: unusable model config ({e})") from None
+    weights, which = checkpoint_weights(state, path, use_ema, log)
+    model = FloatMotionModel(cfg)
+    try:
+        load_exactly(model, weights, f"checkpoint {path}: the {which} weights do not fit its own config")
+    except CheckpointError as e:
+        raise SampleError(str(e)) from None
+    model.to(device).eval().requires_grad_(False)
+    settings = state.get("settings") if isinstance(state.get("settings"), dict) else {}
+    return SamplingModel(model, cfg, which, int(state.get("step", 0)), path, settings,
+                         state.get("manifest_fingerprint"))
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """runs/NAME for runs/NAME/checkpoints/x.pt; the checkpoint's folder otherwise."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def default_output_dir(checkpoint: Path) -> Path:
+    """runs/NAME/samples/<checkpoint stem>/."""
+    return run_dir_of(checkpoint) / "samples" / Path(checkpoint).stem
+
+
+def recorded_data_root(sm: SamplingModel) -> Path | None:
+    """The shard folder the checkpoint was trained on (its settings, else the run's config.json)."""
+    root = sm.settings.get("data_root")
+    if not root:
+        config = run_dir_of(sm.checkpoint) / "config.json"
+        try:
+            root = json.loads(config.read_text()).get("data_root")
+        except (OSError, ValueError, AttributeError):
+            root = None
+    return Path(root) if root else None
+
+
+def load_manifest(sm: SamplingModel, data_root: str | Path | None, log: Log = print) -> tuple[dict, Path]:
+    """(manifest, shard folder): ``data_root`` if given, else the folder recorded in the checkpoint."""
+    folder = Path(data_root) if data_root else recorded_data_root(sm)
+    if folder is None:
+        raise SampleError(f"checkpoint {sm.checkpoint} records no shard folder; pass --data-root "
+                          "(the shards it was trained on: their manifest says how to encode audio and images)")
+    try:
+        manifest = read_manifest(folder)
+    except ValueError as e:
+        hint = "" if data_root else " (the folder recorded in the checkpoint; pass --data-root if it moved)"
+        raise SampleError(f"{e}{hint}") from None
+    if sm.manifest_fingerprint and manifest.get("fingerprint") != sm.manifest_fingerprint:
+        log(f"warning: {folder / 'manifest.json'} has settings fingerprint {str(manifest.get('fingerprint'))[:12]}, "
+            f"the checkpoint was trained on {sm.manifest_fingerprint[:12]}: encoders may differ from training")
+    try:
+        check_compatible(manifest, sm.cfg)
+    except ValueError as e:
+        raise SampleError(f"{folder / 'manifest.json'}: {e}") from None
+    return manifest, folder

@@ -1,4 +1,4 @@
-"""User inputs for `floatctl sample`: a speech file and a reference portrait.
+"""User inputs for `floatctl sample`: a speech file, a reference portrait and the emotion.
 
 Audio: wav / mp3 / flac, or the audio track of a video, decoded with PyAV
 (preprocess.media.decode_audio) to 16 kHz mono float32. Image: any size and
@@ -16,11 +16,11 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from float.config import EMOTIONS, SAMPLES_PER_FRAME, SAMPLING_RATE
 from preprocess.face import crop_box_from_detections, crop_frame, detect_face, resize_frame
 from preprocess.media import ClipError, decode_audio
+from trainer.errors import SampleError
 
-SAMPLING_RATE = 16000
-SAMPLES_PER_FRAME = 640  # one 25 fps video frame at 16 kHz
 # Peak amplitude under which a waveform counts as silence (-80 dBFS): digital
 # silence or a muted track, which would give the model nothing to follow.
 SILENCE_PEAK = 1e-4
@@ -86,3 +86,42 @@ def load_reference_image(path: str | Path, size: int, crop: bool = True,
         # The official --no_crop also stretches; say so, the face will look squashed.
         warn(f"warning: image {path} is {w}x{h}, not square; --no-crop stretches it to {size}x{size}")
     return resize_frame(image, size)
+
+
+# ---------------------------------------------------------------- emotion
+EMOTION_CHOICES = (*EMOTIONS, "auto", "none")
+
+
+def parse_emotion(name: str | None) -> str | None:
+    """Validate --emotion: a label, "auto", "none" or None (each mode's default)."""
+    if name is None:
+        return None
+    choice = name.strip().lower()
+    if choice not in EMOTION_CHOICES:
+        raise SampleError(f"unknown emotion {name!r}; valid: {', '.join(EMOTIONS)}, auto (speech-emotion model) "
+                          "or none")
+    return choice
+
+
+def emotion_vector(choice: str, waveform: np.ndarray | None = None, encoder=None) -> np.ndarray:
+    """(7,) float32 for a label (one-hot), "none" (zeros) or "auto" (the SER probabilities)."""
+    if choice == "none":
+        return np.zeros(len(EMOTIONS), np.float32)
+    if choice == "auto":
+        if encoder is None or encoder.emotion is None:
+            raise SampleError("--emotion auto needs the speech-emotion model: pass --ser DIR (none is recorded in "
+                              "the shard manifest)")
+        if waveform is None:
+            raise SampleError("--emotion auto needs the waveform")
+        return encoder.emotion_probs(waveform)
+    out = np.zeros(len(EMOTIONS), np.float32)
+    out[EMOTIONS.index(choice)] = 1.0
+    return out
+
+
+def emotion_name(vector: np.ndarray) -> str:
+    """How an emotion vector reads in logs: a label, "none", or "probs (top LABEL)"."""
+    if not np.any(vector):
+        return "none"
+    top = int(np.argmax(vector))
+    return EMOTIONS[top] if np.isclose(vector.sum(), 1.0) and vector.max() == 1.0 else f"probs (top {EMOTIONS[top]})"

@@ -23,10 +23,12 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from float.config import FPS, SAMPLES_PER_FRAME
+
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 
 
-def frame_energy(waveform: np.ndarray, frames: int, samples_per_frame: int = 640) -> np.ndarray:
+def frame_energy(waveform: np.ndarray, frames: int, samples_per_frame: int = SAMPLES_PER_FRAME) -> np.ndarray:
     """RMS of the waveform over each video frame's samples, (frames,); zero past its end."""
     wave = np.zeros(frames * samples_per_frame, np.float64)
     src = np.asarray(waveform, np.float64).reshape(-1)[: len(wave)]
@@ -91,7 +93,7 @@ def _panel(ax, t: np.ndarray, scores: np.ndarray, explained: np.ndarray, name: s
 
 
 def plot_motion(path: str | Path, motion: np.ndarray, energy: np.ndarray | None = None,
-                target: np.ndarray | None = None, title: str = "", components: int = 3, fps: int = 25,
+                target: np.ndarray | None = None, title: str = "", components: int = 3, fps: int = FPS,
                 energy_label: str = "audio RMS") -> dict:
     """Write the PNG and return what it shows.
 

@@ -11,7 +11,6 @@ with the 16 kHz mono waveform muxed in as AAC.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -22,10 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from float.config import FPS, SAMPLING_RATE
 from float.motion_autoencoder import MotionAutoEncoder
+from shards.files import atomic_path
 
-FPS = 25
-SAMPLING_RATE = 16000
 AAC_BITRATE = 64_000  # plenty for 16 kHz mono speech
 AUDIO_CHUNK = 1024  # samples per AAC frame
 
@@ -129,28 +128,23 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = FPS, audio: np.nd
         raise ValueError(f"frames must be a non-empty (T, H, W, 3) uint8 array, got {frames.shape} {frames.dtype}")
     frames = _even(frames)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            video = container.add_stream("libx264", rate=fps)
-            video.width, video.height = frames.shape[2], frames.shape[1]
-            video.pix_fmt = "yuv420p"
-            video.options = {"crf": str(crf), "preset": "veryfast"}
-            sound = None
-            if audio is not None:
-                sound = container.add_stream("aac", rate=sample_rate, layout="mono")
-                sound.bit_rate = AAC_BITRATE
-            for i, frame in enumerate(frames):
-                vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-                vf.pts = i
-                vf.time_base = Fraction(1, fps)
-                container.mux(video.encode(vf))
-            container.mux(video.encode(None))
-            if sound is not None:
-                _encode_audio(container, sound, audio, len(frames) * sample_rate // fps, sample_rate)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height = frames.shape[2], frames.shape[1]
+        video.pix_fmt = "yuv420p"
+        video.options = {"crf": str(crf), "preset": "veryfast"}
+        sound = None
+        if audio is not None:
+            sound = container.add_stream("aac", rate=sample_rate, layout="mono")
+            sound.bit_rate = AAC_BITRATE
+        for i, frame in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            vf.pts = i
+            vf.time_base = Fraction(1, fps)
+            container.mux(video.encode(vf))
+        container.mux(video.encode(None))
+        if sound is not None:
+            _encode_audio(container, sound, audio, len(frames) * sample_rate // fps, sample_rate)
     return path
 
 

@@ -6,7 +6,7 @@ features, reference frame and emotion. It prints the generation error against
 the ground-truth latents with the audio and with the audio dropped, and writes
 into ``--out`` (default runs/NAME/samples/<ckpt-stem>/) per clip:
   KEY.motion.pt          generated (and ground-truth) motion latents
-  KEY.mp4                the motion decoder's rendering at 25 fps, with the clip's audio
+  KEY.mp4                the motion decoder's rendering (25 fps), with the clip's audio
   KEY.gt_vs_generated.mp4  ground truth | generated, both rendered by the decoder
   KEY.plot.png           motion principal components against the audio energy
   metrics.json           errors and speed
@@ -17,7 +17,6 @@ Exit codes: 0 done, 2 bad input (the message on stderr names the file and why).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +27,19 @@ import torch
 import typer
 from torch import Tensor
 
-from shards.format import EMOTIONS
-from trainer.generate import (
-    EMOTION_CHOICES, SampleError, build_audio_encoder, build_motion_autoencoder, default_output_dir,
-    emotion_vector, export_official, generate, load_manifest, load_sampling_model, motion_errors, parse_emotion,
-    pick_split, read_heldout_clips, save_latents, source_waveform,
-)
-from trainer.media_input import InputError, load_audio, load_reference_image
+from float.config import SAMPLES_PER_FRAME, SAMPLING_RATE
+from float.device import resolve_device
+from preprocess.encode import EncoderSetupError
+from preprocess.manifest_encoders import build_audio_encoder, build_motion_autoencoder
+from preprocess.media import source_waveform
+from shards.heldout import pick_split, read_heldout_clips
+from shards.tar import ShardError
+from trainer.checkpoints import default_output_dir, load_manifest, load_sampling_model
+from trainer.errors import SampleError, exit_with_error
+from trainer.export import export  # noqa: F401  (floatctl export, registered next to sample)
+from trainer.generate import generate, motion_errors, save_latents
+from trainer.media_input import (EMOTION_CHOICES, InputError, emotion_name, emotion_vector, load_audio,
+                                 load_reference_image, parse_emotion)
 from trainer.plot import feature_energy, frame_energy, plot_motion
 from trainer.render import encode_reference, render_motion, side_by_side, write_mp4
 
@@ -93,21 +98,6 @@ class SampleResult:
     decoder_random: bool = False
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
-        raise SampleError(f"--device {device!r}: use auto, cpu, or cuda on a machine with a GPU")
-    return torch.device(device)
-
-
-def _emotion_name(vector: np.ndarray) -> str:
-    if not np.any(vector):
-        return "none"
-    top = int(np.argmax(vector))
-    return EMOTIONS[top] if np.isclose(vector.sum(), 1.0) and vector.max() == 1.0 else f"probs (top {EMOTIONS[top]})"
-
-
 def _heldout_items(o: SampleOptions, manifest: dict, folder: Path, emotion: str | None, encoder, log) -> list[Item]:
     split = pick_split(manifest, o.split)
     clips = read_heldout_clips(folder, manifest, split, o.clips, log=log)
@@ -120,7 +110,7 @@ def _heldout_items(o: SampleOptions, manifest: dict, folder: Path, emotion: str 
         else:
             we = emotion_vector(emotion, wave, encoder)
         items.append(Item(clip.key, clip.audio, clip.motion[0], we, wave, clip.reference, clip.motion,
-                          _emotion_name(we)))
+                          emotion_name(we)))
         if wave is None:
             log(f"note: {clip.key}: its source audio is not available here; the video is silent and the plot uses "
                 "the audio-feature energy")
@@ -132,20 +122,20 @@ def _new_item(o: SampleOptions, manifest: dict, waveform: np.ndarray, emotion: s
     """The user's audio and portrait, encoded exactly as the training shards were."""
     size = int(manifest.get("input_size") or 0)
     reference = load_reference_image(o.image, size, crop=o.crop, warn=log)  # before the slow audio encoder
-    spf = 640
+    spf = SAMPLES_PER_FRAME
     frames = -(-len(waveform) // spf)
     wave = np.zeros(frames * spf, np.float32)
     wave[: len(waveform)] = waveform  # zero-pad the last partial frame, as the shard stage does
     encoder = build_audio_encoder(manifest, o.wav2vec2, o.ser, device)
     features = encoder.encode_audio(wave, frames).astype(np.float32)
-    log(f"audio {o.audio}: {len(waveform) / 16000:.2f} s -> {frames} frames of {encoder.audio_kind} features")
+    log(f"audio {o.audio}: {len(waveform) / SAMPLING_RATE:.2f} s -> {frames} frames of {encoder.audio_kind} features")
     reason = ""
     if emotion is None:
         emotion = "auto" if encoder.emotion is not None else "none"
         reason = "" if encoder.emotion is not None else \
             " (no speech-emotion model recorded in the manifest or given with --ser)"
     we = emotion_vector(emotion, wave, encoder)
-    label = f"auto ({_emotion_name(we)})" if emotion == "auto" else _emotion_name(we)
+    label = f"auto ({emotion_name(we)})" if emotion == "auto" else emotion_name(we)
     log(f"emotion: {label}{reason}")
     if decoder.autoencoder is not None:
         wr = encode_reference(decoder.autoencoder, reference).motion[0].float().cpu().numpy()
@@ -164,9 +154,9 @@ class Session:
     """What every item of one `floatctl sample` run shares, and the running totals."""
 
     o: SampleOptions
-    sm: object  # trainer.generate.SamplingModel
+    sm: object  # trainer.checkpoints.SamplingModel
     manifest: dict
-    decoder: object  # trainer.generate.MotionDecoder
+    decoder: object  # preprocess.manifest_encoders.MotionDecoder
     out: Path
     result: SampleResult
     settings: dict
@@ -290,6 +280,13 @@ def _summary(s: Session, entries: list[dict], device: torch.device, log) -> dict
 
 def run_sample(o: SampleOptions, log: Callable[[str], None] = print) -> SampleResult:
     """Everything `floatctl sample` does; raises SampleError / InputError for bad input."""
+    try:
+        return _run_sample(o, log)
+    except (EncoderSetupError, ShardError) as e:  # the encoders or shards the checkpoint names
+        raise SampleError(str(e)) from None
+
+
+def _run_sample(o: SampleOptions, log: Callable[[str], None]) -> SampleResult:
     emotion = parse_emotion(o.emotion)
     if (o.audio is None) != (o.image is None):
         raise SampleError("--audio and --image go together (a new portrait speaking new audio); "
@@ -299,7 +296,10 @@ def run_sample(o: SampleOptions, log: Callable[[str], None] = print) -> SampleRe
     waveform = load_audio(o.audio) if o.audio is not None else None  # fail fast, before loading models
     if o.image is not None and not Path(o.image).is_file():
         raise InputError(f"image {o.image}: no such file")
-    device = resolve_device(o.device)
+    try:
+        device = resolve_device(o.device)
+    except ValueError as e:
+        raise SampleError(str(e)) from None
     sm = load_sampling_model(o.checkpoint, o.use_ema, device, log)
     log(f"checkpoint {o.checkpoint}: step {sm.step}, {sm.weights.upper()} weights, model {sm.cfg.name} "
         f"(dim_w {sm.cfg.dim_w}, audio {sm.cfg.audio_input_dim}), device {device}")
@@ -334,11 +334,6 @@ def run_sample(o: SampleOptions, log: Callable[[str], None] = print) -> SampleRe
     if s.result.decoder_random and s.result.rendered:
         log("(the videos come from random decoder weights: not a face; see the plot and metrics)")
     return s.result
-
-
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    raise typer.Exit(code=2)
 
 
 def sample(
@@ -378,24 +373,4 @@ def sample(
     try:
         run_sample(options, log=lambda m: print(m, flush=True))
     except (SampleError, InputError) as e:
-        _fail(str(e))
-
-
-def export(
-    checkpoint: Path = typer.Argument(..., help="Training checkpoint."),
-    out: Path = typer.Argument(..., help="Output .pth: an official-format state dict."),
-    ema: bool = typer.Option(True, "--ema/--raw", help="EMA weights (default) or the raw training weights."),
-    float_ckpt: Optional[Path] = typer.Option(None, help="Also copy motion_autoencoder.* from this official "
-                                                         "float.pth, so the official code finds every weight."),
-) -> None:
-    """Write fmt.* and audio_encoder.audio_projection.* under the official names."""
-    try:
-        report = export_official(checkpoint, out, ema, float_ckpt, log=lambda m: print(m, flush=True))
-    except SampleError as e:
-        _fail(str(e))
-        return
-    extra = f" + {report.motion_autoencoder_keys} motion_autoencoder.* from {float_ckpt}" \
-        if report.motion_autoencoder_keys else " (no motion_autoencoder.*: pass --float-ckpt for a complete file)"
-    print(f"wrote {report.path}: {report.keys} tensors from the {report.weights.upper()} weights of step "
-          f"{report.step}{extra}")
-    print(f"read back into a fresh model:\n{report.load_report}")
+        exit_with_error(str(e))

@@ -12,9 +12,11 @@ from typing import Callable
 
 import torch
 
-from shards.dataset import iter_tar_samples
+from preprocess.encode import EncoderSetupError
+from preprocess.manifest_encoders import build_motion_autoencoder
 from shards.format import REFERENCE
-from trainer.generate import SampleError, decode_image, build_motion_autoencoder
+from shards.sample import decode_reference
+from shards.tar import iter_tar_samples
 from trainer.render import encode_reference, render_motion, side_by_side, write_mp4
 
 
@@ -30,7 +32,7 @@ class SampleRenderer:
         if self._decoder is None:
             try:
                 self._decoder = build_motion_autoencoder(self.manifest, dim_w=self.dim_w)
-            except SampleError as e:
+            except EncoderSetupError as e:
                 self._decoder = False
                 self.log(f"samples are not rendered: {e}")
                 return None
@@ -45,9 +47,9 @@ class SampleRenderer:
         missing = set(keys) - set(self._references)
         shards = self.manifest.get("splits", {}).get("val", {}).get("shards", [])
         for shard in shards if missing else []:
-            for key, members in iter_tar_samples(str(self.data_root / shard["name"]), read={REFERENCE}):
+            for key, members in iter_tar_samples(self.data_root / shard["name"], read={REFERENCE}):
                 if key in missing:
-                    self._references[key] = decode_image(members.get(REFERENCE))
+                    self._references[key] = decode_reference(members.get(REFERENCE))
                     missing.discard(key)
             if not missing:
                 break

@@ -16,7 +16,7 @@ from typing import Callable, ContextManager
 import torch
 from torch import Tensor, nn
 
-from float.fmt import sample_condition_keep
+from float.fmt import keep_all_conditions
 from float.loss import LossWeights, rectified_flow_loss
 from float.sampler import generate_motion
 
@@ -26,12 +26,6 @@ LOSS_KEYS = ("total", "current", "preceding", "velocity")
 
 def _no_autocast() -> ContextManager:
     return contextlib.nullcontext()
-
-
-def _all_kept(cfg, batch_size: int, device: torch.device) -> dict[str, Tensor]:
-    """Keep every condition (no dropout); the key set comes from float.loss itself."""
-    drawn = sample_condition_keep(cfg, batch_size, "cpu", torch.Generator().manual_seed(0))
-    return {k: torch.ones(batch_size, device=device) for k in drawn}
 
 
 @torch.no_grad()
@@ -54,7 +48,7 @@ def validation_loss(model: nn.Module, batches: list[dict], weights: LossWeights 
         # Noise fixed per batch index; generated on the CPU so it is the same on every device.
         g = torch.Generator().manual_seed(seed * 1_000_003 + index)
         noise = torch.randn(x1.shape, generator=g).to(device=device, dtype=x1.dtype)
-        keep = _all_kept(model.cfg, b, device)
+        keep = keep_all_conditions(b, device)
         for t in t_values:
             tt = torch.full((b,), t, device=device)
             with autocast():
