@@ -89,7 +89,7 @@ def test_motion_statistics_of_shards(tmp_path):
 
 
 def test_normalisation_is_chosen_by_the_motion_encoder():
-    from trainer.run import TrainingError
+    from trainer.errors import TrainingError
     from trainer.train_fmt import wants_motion_normalization as _wants_motion_normalization
 
     random = {"encoders": {"motion": {"random": True}}}

@@ -25,7 +25,7 @@ from trainer import checkpoints as ckpt
 from trainer.command import train as train_command
 from trainer.ema import EMA
 from trainer.logging import read_metrics
-from trainer.run import TrainingError
+from trainer.errors import TrainingError
 from trainer.schedule import ema_decay_at, lr_at
 from trainer.settings import TrainSettings
 from trainer.train_fmt import train

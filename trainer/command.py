@@ -21,23 +21,18 @@ import typer
 from trainer.settings import MotionSettings, TrainSettings, typer_command
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    raise typer.Exit(code=2)
-
-
 def run_stage(train: Callable, settings) -> None:
     """Run a stage's ``train(settings)``, turning known errors into exit code 2 and signals into 130/143."""
-    from shards.dataset import ShardError
-    from trainer.checkpoints import CheckpointError
+    from float.checkpoint import CheckpointError
+    from shards.tar import ShardError
     from trainer.distributed import cleanup
-    from trainer.run import TrainingError
+    from trainer.errors import TrainerError, exit_with_error
     from trainer.settings import SettingsError
 
     try:
         result = train(settings)
-    except (TrainingError, CheckpointError, ShardError, SettingsError, FileNotFoundError, NotADirectoryError) as e:
-        _fail(str(e))
+    except (TrainerError, CheckpointError, ShardError, SettingsError, FileNotFoundError, NotADirectoryError) as e:
+        exit_with_error(str(e))
         return
     finally:
         cleanup()

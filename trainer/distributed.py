@@ -12,8 +12,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from float.device import resolve_device
+from trainer.errors import TrainerError
 
 
 @dataclass(frozen=True)
@@ -42,23 +46,15 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={value!r} is not an integer (set by torchrun)") from None
 
 
-def pick_device(prefer: str = "auto", local_rank: int = 0) -> torch.device:
-    """"auto": this process's GPU when CUDA is present, else the CPU; or an explicit "cpu"/"cuda"."""
-    if prefer == "auto":
-        prefer = "cuda" if torch.cuda.is_available() else "cpu"
-    if prefer.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
-        return torch.device("cuda", local_rank if prefer == "cuda" else torch.device(prefer).index)
-    return torch.device(prefer)
-
-
 def init_distributed(prefer_device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     """Read torchrun's environment; start a gloo (CPU) or nccl (GPU) group when WORLD_SIZE > 1."""
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
-    device = pick_device(prefer_device, local_rank)
+    try:
+        device = resolve_device(prefer_device, local_rank)
+    except ValueError as e:
+        raise TrainerError(str(e)) from None
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():

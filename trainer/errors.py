@@ -1,4 +1,4 @@
-"""The trainer package's error for sampling and export (the training loop has TrainingError)."""
+"""The trainer package's one error class, and how a floatctl command ends on it."""
 from __future__ import annotations
 
 import sys
@@ -6,8 +6,13 @@ import sys
 import typer
 
 
-class SampleError(ValueError):
-    """Sampling or export cannot go on; the message names the file or option and the reason."""
+class TrainerError(ValueError):
+    """Training, sampling or export cannot go on; the message names the file or option and the reason."""
+
+
+# The names the two jobs raise it under (one class: `except TrainerError` catches both).
+TrainingError = TrainerError
+SampleError = TrainerError
 
 
 def exit_with_error(message: str) -> None:

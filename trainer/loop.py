@@ -36,7 +36,8 @@ from torch import Tensor, nn
 
 from trainer import checkpoints as ckpt
 from trainer.distributed import all_reduce_max, all_reduce_mean, barrier
-from trainer.run import Run, StopFlag, TrainingError, gather_stream_states, step_seed, to_device
+from trainer.errors import TrainingError
+from trainer.run import Run, StopFlag, gather_stream_states, step_seed, to_device
 from trainer.schedule import ema_decay_at, lr_at
 
 

@@ -20,9 +20,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from float.config import FloatConfig
+from shards.files import atomic_write_bytes
 from trainer import checkpoints as ckpt
 from trainer.distributed import DistInfo
 from trainer.ema import EMA
+from trainer.errors import TrainingError
 from trainer.logging import RunLogger
 from trainer.schedule import SCHEDULES
 
@@ -30,10 +32,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # What a checkpoint holds: an FMT run (older checkpoints have no kind) or a stage-1 auto-encoder run.
 FMT_KIND = "fmt"
 MOTION_KIND = "motion_autoencoder"
-
-
-class TrainingError(RuntimeError):
-    """The run cannot start or cannot go on; the message says why and what to do."""
 
 
 def default_preset(device: torch.device) -> str:
@@ -157,7 +155,7 @@ def worker_count(s, device: torch.device) -> int:
 def write_run_config(run_dir: Path, content: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(content, indent=2, sort_keys=True, default=str).encode()
-    ckpt.atomic_write_bytes(run_dir / "config.json", lambda f: f.write(text))
+    atomic_write_bytes(run_dir / "config.json", lambda f: f.write(text))
 
 
 # ---------------------------------------------------------------- the run the loop works with

@@ -7,29 +7,28 @@ the shared loop (trainer/loop.py).
 from __future__ import annotations
 
 import dataclasses
-import tarfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from float.checkpoint import load_official_state_dict, load_parts
+from float.checkpoint import CheckpointError, load_official_state_dict, load_parts, official_motion_fingerprint
 from float.config import FloatConfig, get_preset
-from float.hf_checkpoint import state_fingerprint
 from float.loss import LossWeights, rectified_flow_loss
 from float.model import FloatMotionModel, count_parameters
-from float.motion_autoencoder import MotionAutoEncoder
-from shards.dataset import KNOWN_MEMBERS, ValWindows, check_compatible, make_loader, manifest_dims, shard_urls
+from shards.dataset import ValWindows, check_compatible, make_loader, manifest_dims, shard_urls
 from shards.manifest import read_manifest
 from shards.stats import motion_statistics
+from shards.tar import ShardError, check_local_shards
 from shards.windows import WindowSpec
 from trainer import run as setup
 from trainer.distributed import DistInfo, init_distributed, wrap_ddp
 from trainer.ema import EMA
 from trainer.logging import RunLogger
 from trainer.loop import TrainResult, run_loop
-from trainer.run import FMT_KIND, Run, TrainingError, to_device
+from trainer.errors import TrainingError
+from trainer.run import FMT_KIND, Run, to_device
 from trainer.schedule import resolve_schedule
 from trainer.settings import TrainSettings
 from trainer.validate import LOSS_KEYS, generation_error, save_motion_samples, validation_loss
@@ -47,47 +46,6 @@ def read_shard_manifest(data_root: str) -> dict:
         return read_manifest(folder)
     except ValueError as e:
         raise TrainingError(str(e)) from None
-
-
-def check_shard_files(urls: list[str]) -> None:
-    """Open each local shard and read its first member header: a file that is not a tar, or a tar that
-    holds no shard member, stops the run now instead of at some later step."""
-    for url in urls:
-        path = Path(url)
-        if not path.is_file():
-            continue  # pipe:/URL shards are checked when they are read
-        try:
-            with tarfile.open(path, mode="r|*") as tar:
-                first = tar.next()
-        except (tarfile.TarError, OSError) as e:
-            raise TrainingError(f"{path}: not a shard (not a readable tar: {e})") from None
-        suffix = first.name.split("/")[-1].split(".", 1)[-1] if first is not None else ""
-        if suffix not in KNOWN_MEMBERS:
-            raise TrainingError(f"{path}: not a FLOAT shard (first member {first.name if first else 'none'!r}; "
-                                f"expected *.{' / *.'.join(KNOWN_MEMBERS)})")
-
-
-def load_official(path: str) -> dict[str, Tensor]:
-    try:
-        return load_official_state_dict(path)
-    except ValueError as e:
-        raise TrainingError(f"--init: {e}") from None
-
-
-def official_motion_fingerprint(state: dict[str, Tensor], size: int, path: str) -> str | None:
-    """Fingerprint of the motion auto-encoder inside an official checkpoint, computed as the shard
-    writer computes it (so it compares with the manifest's); None when the file has none."""
-    prefix = "motion_autoencoder."
-    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if not own:
-        return None
-    try:
-        encoder = MotionAutoEncoder(size)
-        encoder.load_state_dict(own, strict=True)
-    except (RuntimeError, ValueError) as e:
-        raise TrainingError(f"--init {path}: its motion auto-encoder does not fit the shards' {size}px encoder, so "
-                            f"the shards were encoded with another one ({str(e).splitlines()[0]})") from None
-    return state_fingerprint(encoder)
 
 
 def wants_motion_normalization(mode: str, manifest: dict) -> bool:
@@ -171,8 +129,11 @@ def _expected_motion_fingerprint(s: TrainSettings, resumed, manifest: dict, warn
     if not s.init:
         return None, None
     # Fine-tuning needs latents from the checkpoint's own motion encoder.
-    official = load_official(s.init)
-    expected = official_motion_fingerprint(official, int(manifest.get("input_size", 0)), s.init)
+    try:
+        official = load_official_state_dict(s.init)
+        expected = official_motion_fingerprint(official, int(manifest.get("input_size", 0)), s.init)
+    except CheckpointError as e:
+        raise TrainingError(f"--init: {e}") from None
     if expected is None:
         warn(f"warning: --init {s.init} holds no motion_autoencoder.* weights: cannot check that the shards "
              f"were encoded with its motion encoder")
@@ -212,7 +173,10 @@ def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rec
         train_urls = shard_urls(s.data_root, "train", manifest)
     except (OSError, ValueError) as e:
         raise TrainingError(f"{Path(s.data_root) / 'manifest.json'}: {e}") from None
-    check_shard_files(train_urls)
+    try:
+        check_local_shards(train_urls)
+    except ShardError as e:
+        raise TrainingError(str(e)) from None
     amp_dtype, use_scaler = setup.configure_numerics(s, device)
 
     torch.manual_seed(s.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
