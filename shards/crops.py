@@ -160,7 +160,7 @@ class CropClip:
         if wave.ndim != 1 or wave.dtype.kind != "f" or len(wave) != self.num_frames * SAMPLES_PER_FRAME:
             raise CropSampleError(f"{WAVE} is {wave.shape} {wave.dtype}, expected "
                                   f"({self.num_frames * SAMPLES_PER_FRAME},) float for {self.num_frames} frames")
-        return np.asarray(wave, np.float32)
+        return np.array(wave, np.float32)  # a writable copy: torch refuses read-only arrays
 
     def emotion(self) -> np.ndarray:
         if not self._members.get(EMOTION):

@@ -59,3 +59,21 @@ def make_crop_shards(folder: str | Path, clips_per_split: dict[str, int] | None 
     manifest = dict(base, splits=splits)
     write_manifest(folder, manifest)
     return manifest
+
+
+def write_stage1_checkpoint(path: str | Path, size: int = 32, width: float = 0.125, seed: int = 0,
+                            step: int = 3, **extra) -> Path:
+    """A stage-1 checkpoint in the trainer's layout from a seeded MotionAutoEncoder (dim_w 512, dim_m 20)."""
+    import torch
+
+    from float.config import get_preset
+    from float.motion_autoencoder import MotionAutoEncoder
+
+    cfg = get_preset("tiny").replace(input_size=size, ae_width=width)
+    torch.manual_seed(seed)
+    model = MotionAutoEncoder(cfg.input_size, cfg.dim_w, cfg.dim_m, cfg.ae_width)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ema = {k: v + 0.01 if v.is_floating_point() else v.clone() for k, v in state.items()}  # EMA != raw
+    obj = {"kind": "motion_autoencoder", "step": step, "config": cfg.to_dict(), "model": state, "ema": ema}
+    torch.save(obj | extra, path)
+    return Path(path)
