@@ -76,7 +76,7 @@ class CropOutput:
 
     def add(self, split: str, prepared) -> None:
         """Write one prepared clip's crops (a no-op when the folder already holds it)."""
-        from preprocess.encode import emotion_one_hot
+        from shards.sample import emotion_one_hot
 
         src = prepared.source
         if src.clip_id in self.done:

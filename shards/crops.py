@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.format import EMOTION, EMOTIONS, META, encode_json, encode_npy
+from float.config import EMOTIONS, FPS, SAMPLES_PER_FRAME, SAMPLING_RATE
+from shards.format import EMOTION, META, encode_json, encode_npy
 from shards.manifest import ManifestError, read_manifest
 
 CROPS_KIND = "crops"
@@ -44,8 +45,6 @@ CROP_ONLY_MEMBERS = (JPEGS, OFFSETS, WAVE)  # what tells a crop shard from a lat
 
 JPEG_QUALITY = 90
 WAVE_DTYPE = np.float32
-SAMPLING_RATE = 16000
-SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
 REQUIRED_META = ("key", "actor", "split", "n_frames", "fps", "size", "source", "settings_fingerprint")
 
 
@@ -83,7 +82,7 @@ def crop_members(frames: np.ndarray, wave: np.ndarray, emotion: np.ndarray, meta
         raise ValueError(f"audio has {len(wave)} samples for {len(frames)} frames "
                          f"(expected {len(frames) * SAMPLES_PER_FRAME})")
     jpegs, offsets = encode_jpegs(frames, quality)
-    meta = dict(meta, n_frames=int(len(frames)), size=int(frames.shape[1]), fps=25,
+    meta = dict(meta, n_frames=int(len(frames)), size=int(frames.shape[1]), fps=FPS,
                 sampling_rate=SAMPLING_RATE, jpeg_quality=quality)
     return {
         JPEGS: encode_npy(jpegs),
@@ -276,7 +275,7 @@ def crop_manifest_base(input_size: int, crop: dict, content: dict, settings: dic
                    wave_dtype=np.dtype(WAVE_DTYPE).name)
     return {
         "kind": CROPS_KIND, "format_version": FORMAT_VERSION, "created_by": created_by,
-        "features": crop_features(input_size, quality), "fps": 25, "sampling_rate": SAMPLING_RATE,
+        "features": crop_features(input_size, quality), "fps": FPS, "sampling_rate": SAMPLING_RATE,
         "input_size": input_size, "encoders": {}, "crop": crop, "settings": settings,
         "fingerprint_inputs": fingerprint_inputs(content, {}),
         "fingerprint": settings_fingerprint(content, {}),
