@@ -46,8 +46,8 @@ class CropOutput:
     @classmethod
     def open(cls, s, cfg, input_size: int, split_of: dict, root: Path, kind: str, part,
              log: Callable[[str], None]) -> "CropOutput":
-        from preprocess.pipeline import (PipelineError, _actor_order, _crop_info, _ManifestKeeper,
-                                         _prepare_out_folder, index_range, output_names)
+        from preprocess.pipeline import _crop_info, _ManifestKeeper, _prepare_out_folder, output_names
+        from preprocess.splits import PipelineError, _actor_order, index_range
 
         folder = Path(s.crops_out) if s.crops_out is not None else default_crops_out(s.out)
         if folder.resolve() == Path(s.out).resolve():

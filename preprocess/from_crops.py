@@ -46,9 +46,9 @@ def _prepared(clip: CropClip):
 def run_from_crops(s, log: Callable[[str], None]):
     """The whole --from-crops run (called by preprocess.pipeline.run_shards); returns a RunSummary."""
     from preprocess.encode import EncoderSetupError, build_encoder
-    from preprocess.pipeline import (PipelineError, RunSummary, _check_options, _describe_run, _ManifestKeeper,
-                                     _prepare_out_folder, _progress, _write_errors, format_summary, index_range,
-                                     output_names, part_of, sample_members)
+    from preprocess.pipeline import (RunSummary, _check_options, _describe_run, _ManifestKeeper, _prepare_out_folder,
+                                     _progress, _write_errors, format_summary, output_names, sample_members)
+    from preprocess.splits import PipelineError, index_range, part_of
 
     t0 = time.time()
     if s.ravdess is not None or s.input is not None:
