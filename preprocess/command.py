@@ -79,23 +79,42 @@ def shards(
         help="Delete this run's existing shards, manifest and errors in --out and start over (needed "
              "when they were made with different settings).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar (clips/s, frames/s).")] = True,
+    crops: Annotated[bool, typer.Option(
+        help="Also write crop shards (for stage 1, `floatctl train-motion`): each clip's 25 fps face crops "
+             "(JPEG, quality 90) and 16 kHz audio, split like the latent shards, from the same decoded "
+             "frames in the same pass.")] = True,
+    crops_out: Annotated[Optional[Path], typer.Option(
+        help="Crop shard folder (default: beside --out with '-crops' appended, e.g. data/shards-crops).")] = None,
+    from_crops: Annotated[Optional[Path], typer.Option(
+        help="Write the latent shards from this crop shard folder instead of videos: no decoding or face "
+             "detection; audio features from the stored 16 kHz audio; same splits and member format.")] = None,
+    motion_ckpt: Annotated[Optional[Path], typer.Option(
+        help="Stage-1 checkpoint of `floatctl train-motion`: its (EMA) motion auto-encoder encodes the "
+             "latents; the manifest records its path and fingerprint. Usually with --from-crops.")] = None,
 ) -> None:
     """Turn RAVDESS, a folder of talking-head clips, or the built-in synthetic set into WebDataset shards.
 
     One sample per clip (motion latents, audio features, emotion, reference JPEG, meta.json), split by
-    actor, written atomically; rerunning resumes where a previous run stopped.
+    actor, written atomically; rerunning resumes where a previous run stopped. By default also writes
+    crop shards (face crops + 16 kHz audio) to <out>-crops; --from-crops re-encodes latents from them.
     """
     from preprocess.pipeline import PipelineError, ShardSettings, merge_part_outputs, run_shards
     from shards.manifest import ManifestError
 
     if merge:
-        try:
-            manifest = merge_part_outputs(out)
-        except ManifestError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2)
-        clips = {k: v["clips"] for k, v in manifest["splits"].items()}
-        typer.echo(f"merged {manifest['parts']['count']} parts into {out / 'manifest.json'}: {clips}")
+        from preprocess.crop_stage import default_crops_out
+        from shards.manifest import list_part_manifests
+
+        crop_folder = crops_out or default_crops_out(out)
+        folders = [out] + ([crop_folder] if crops and list_part_manifests(crop_folder) else [])
+        for folder in folders:
+            try:
+                manifest = merge_part_outputs(folder)
+            except ManifestError as e:
+                typer.echo(f"error: {e}", err=True)
+                raise typer.Exit(2)
+            clips = {k: v["clips"] for k, v in manifest["splits"].items()}
+            typer.echo(f"merged {manifest['parts']['count']} parts into {folder / 'manifest.json'}: {clips}")
         return
     settings = ShardSettings(
         ravdess=ravdess, input=input, out=out, preset=preset, input_size=input_size, crop=crop,
@@ -103,7 +122,8 @@ def shards(
         vocal_channels=_csv(vocal_channels), val_actors=val_actors, test_actors=test_actors,
         val_ids=_csv(val_ids), test_ids=_csv(test_ids), workers=workers, batch_size=batch_size,
         device=device, part=part, shard_size_mb=shard_size_mb, shard_samples=shard_samples,
-        min_seconds=min_seconds, seed=seed, overwrite=overwrite, progress=progress)
+        min_seconds=min_seconds, seed=seed, overwrite=overwrite, progress=progress,
+        crops=crops and from_crops is None, crops_out=crops_out, from_crops=from_crops, motion_ckpt=motion_ckpt)
     try:
         summary = run_shards(settings)
     except PipelineError as e:

@@ -197,12 +197,15 @@ def resolve_audio_kind(audio_features: str, wav2vec2: Path | None) -> str:
     return audio_features
 
 
-def load_motion_encoder(size: int, float_ckpt: Path | None, seed: int,
-                        width: float = 1.0) -> tuple[torch.nn.Module, dict]:
-    """The frozen motion encoder: official weights (full width), or seeded random ones at ``width``."""
+def load_motion_encoder(size: int, float_ckpt: Path | None, seed: int, width: float = 1.0,
+                        motion_ckpt: Path | None = None) -> tuple[torch.nn.Module, dict]:
+    """The frozen motion encoder: official weights (full width), a stage-1 checkpoint of
+    ``floatctl train-motion`` (its own width), or seeded random ones at ``width``."""
     from float.motion_autoencoder import MotionAutoEncoder
     from float.hf_checkpoint import state_fingerprint
 
+    if motion_ckpt is not None:
+        return _stage1_encoder(size, motion_ckpt, float_ckpt)
     if float_ckpt is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -229,10 +232,27 @@ def load_motion_encoder(size: int, float_ckpt: Path | None, seed: int,
     return model, info
 
 
+def _stage1_encoder(size: int, motion_ckpt: Path, float_ckpt: Path | None) -> tuple[torch.nn.Module, dict]:
+    from float.checkpoint import CheckpointError
+    from float.motion_checkpoint import load_motion_checkpoint
+
+    if float_ckpt is not None:
+        raise EncoderSetupError("--motion-ckpt and --float-ckpt both give the motion encoder: pass one")
+    try:
+        model, info, _ = load_motion_checkpoint(motion_ckpt)
+    except CheckpointError as e:
+        raise EncoderSetupError(f"--motion-ckpt {e}") from None
+    if model.size != size:
+        raise EncoderSetupError(f"--motion-ckpt {motion_ckpt}: a {model.size}px motion auto-encoder, but the "
+                                f"crops are {size}px (use the preset / --input-size it was trained at)")
+    return model, info
+
+
 def build_encoder(input_size: int, audio_features: str = "auto", wav2vec2: Path | None = None,
                   ser: Path | None = None, float_ckpt: Path | None = None, device: str = "auto",
                   seed: int = 0, batch_size: int = 64,
-                  log: Callable[[str], None] = print, ae_width: float = 1.0) -> ClipEncoder:
+                  log: Callable[[str], None] = print, ae_width: float = 1.0,
+                  motion_ckpt: Path | None = None) -> ClipEncoder:
     """Load (or seed) every encoder once; announce random weights loudly through ``log``."""
     if batch_size < 1:
         raise EncoderSetupError(f"--batch-size must be at least 1, got {batch_size}")
@@ -244,13 +264,13 @@ def build_encoder(input_size: int, audio_features: str = "auto", wav2vec2: Path 
         raise EncoderSetupError(str(e)) from None
     half = dev.type == "cuda"
 
-    motion, motion_info = load_motion_encoder(input_size, float_ckpt, seed, ae_width)
+    motion, motion_info = load_motion_encoder(input_size, float_ckpt, seed, ae_width, motion_ckpt)
     motion_info["precision"] = "float16" if half else "float32"
     motion = motion.to(dev)
     if half:
         motion = motion.half()
     if motion_info["random"]:
-        log(f"WARNING: motion encoder has RANDOM weights (seed {seed}); no --float-ckpt given. "
+        log(f"WARNING: motion encoder has RANDOM weights (seed {seed}); no --float-ckpt / --motion-ckpt given. "
             "The latents exercise the pipeline but mean nothing; the manifest records random: true.")
 
     if kind == "mel":

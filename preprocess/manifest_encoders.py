@@ -46,6 +46,8 @@ def build_motion_autoencoder(manifest: dict, float_ckpt: str | Path | None = Non
     info = (manifest.get("encoders") or {}).get("motion") or {}
     size = int(manifest.get("input_size") or 0)
     source = info.get("source")
+    if float_ckpt is None and info.get("kind") == "motion_autoencoder":  # float/motion_checkpoint.py
+        return _stage1_decoder(info, size, dim_w, device)
     if float_ckpt is not None:
         path, seed, label = Path(float_ckpt), 0, str(float_ckpt)
     elif info.get("random"):
@@ -70,6 +72,24 @@ def build_motion_autoencoder(manifest: dict, float_ckpt: str | Path | None = Non
         note = (f"warning: these motion auto-encoder weights (fingerprint {made['fingerprint']}) are not the ones "
                 f"the shards were encoded with ({info['fingerprint']}): the rendered motion may not match")
     return MotionDecoder(model.to(device), label, made["random"], note)
+
+
+def _stage1_decoder(info: dict, size: int, dim_w: int | None, device) -> MotionDecoder:
+    """The stage-1 checkpoint the manifest names, refused unless it is the very encoder of the shards."""
+    source = str(info.get("source"))
+    if not Path(source).is_file():
+        return MotionDecoder(None, source, False, f"the shards' stage-1 motion auto-encoder checkpoint "
+                                                  f"({source}) is not available here")
+    model, made = load_motion_encoder(size, None, 0, motion_ckpt=Path(source))
+    if made["fingerprint"] != info.get("fingerprint"):
+        raise EncoderSetupError(
+            f"{source}: its motion auto-encoder (fingerprint {made['fingerprint']}) is not the one the shards "
+            f"were encoded with ({info.get('fingerprint')}): the checkpoint changed since (trained on?). "
+            f"Re-encode the shards (floatctl shards --from-crops ... --motion-ckpt {source}) or restore it")
+    if dim_w is not None and model.style_dim != dim_w:
+        return MotionDecoder(None, source, False, f"the motion decoder's latent width {model.style_dim} differs "
+                                                  f"from the model's dim_w {dim_w}")
+    return MotionDecoder(model.to(device), source, False)
 
 
 def build_audio_encoder(manifest: dict, wav2vec2: str | Path | None = None, ser: str | Path | None = None,

@@ -88,6 +88,10 @@ class ShardSettings:
     overwrite: bool = False
     synthetic_dir: Path = DEFAULT_SYNTHETIC_DIR
     progress: bool = True
+    crops: bool = True  # also write crop shards (preprocess/crop_stage.py)
+    crops_out: Path | None = None  # None: <out>-crops
+    from_crops: Path | None = None  # encode latents from this crop folder instead of videos
+    motion_ckpt: Path | None = None  # stage-1 checkpoint of floatctl train-motion
 
     def as_json(self) -> dict:
         d = asdict(self)
@@ -104,6 +108,7 @@ class RunSummary:
     errors_file: Path
     manifest_file: Path | None
     seconds: float
+    crops_manifest_file: Path | None = None
 
     @property
     def total_present(self) -> int:
@@ -281,6 +286,10 @@ def _check_options(s: ShardSettings):
     from preprocess.encode import EncoderSetupError, check_weight_paths, resolve_audio_kind
 
     part = parse_part(s.part)
+    if s.motion_ckpt is not None and s.float_ckpt is not None:
+        raise PipelineError("--motion-ckpt and --float-ckpt both give the motion encoder: pass one")
+    if s.motion_ckpt is not None and not Path(s.motion_ckpt).is_file():
+        raise PipelineError(f"--motion-ckpt {s.motion_ckpt}: no such file")
     try:
         check_weight_paths(s.float_ckpt, s.wav2vec2, s.ser)  # first: the issue asks for this before any work
         resolve_audio_kind(s.audio_features, s.wav2vec2)
@@ -364,8 +373,11 @@ def _prepare_out_folder(out: Path, part, overwrite: bool, base: dict, log) -> tu
 
 
 def _write_clips(todo, s: ShardSettings, input_size: int, encoder, split_of: dict, writers: dict,
-                 keeper: _ManifestKeeper, errors: list[dict]) -> tuple[dict[str, int], int]:
-    """Prepare (workers) -> encode -> write, in discovery order. Returns (written per split, frames)."""
+                 keeper: _ManifestKeeper, errors: list[dict], done: set = frozenset(),
+                 crops=None) -> tuple[dict[str, int], int]:
+    """Prepare (workers) -> encode -> write, in discovery order. Returns (written per split, frames).
+
+    ``done``: clips already in latent shards (in ``todo`` only because ``crops`` lacks them)."""
     written = {split: 0 for split in SPLITS}
     frames_written = 0
     fingerprint, encoder_fps = keeper.base["fingerprint"], encoder.fingerprints()
@@ -377,6 +389,9 @@ def _write_clips(todo, s: ShardSettings, input_size: int, encoder, split_of: dic
                 errors.append(error)
             else:
                 split = split_of[src.actor]
+                if crops is not None:
+                    crops.add(split, prepared)  # the frames the encoder sees, JPEG'd in the same pass
+            if error is None and src.clip_id not in done:
                 encoded = encoder.encode(prepared.frames, prepared.audio)
                 keeper.frames_of[src.clip_id] = len(prepared.frames)
                 keeper.actor_of[src.clip_id] = src.actor
@@ -389,14 +404,20 @@ def _write_clips(todo, s: ShardSettings, input_size: int, encoder, split_of: dic
             progress.set_postfix(frames_s=f"{frames_written / elapsed:.1f}", rejected=len(errors), refresh=False)
         for w in writers.values():
             w.close()
+        if crops is not None:
+            crops.close()
     except BrokenProcessPool as e:
         for w in writers.values():
             w.abort()
+        if crops is not None:
+            crops.abort()
         raise PipelineError(f"a decoding worker process died ({e}); often out of memory: lower --workers. "
                             "Complete shards are kept; rerun to resume.") from e
     except BaseException:
         for w in writers.values():
             w.abort()
+        if crops is not None:
+            crops.abort()
         raise
     finally:
         progress.close()
@@ -410,6 +431,10 @@ def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummar
     from preprocess.encode import EncoderSetupError, build_encoder
 
     t0 = time.time()
+    if s.from_crops is not None:
+        from preprocess.from_crops import run_from_crops
+
+        return run_from_crops(s, log)
     part, cfg, input_size = _check_options(s)
     root, kind = resolve_input(s, log)
     try:
@@ -430,15 +455,20 @@ def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummar
     split_of = assign_splits([c.actor for c in sources], s.val_actors, s.test_actors, s.val_ids, s.test_ids, warn=log)
     try:
         encoder = build_encoder(input_size, s.audio_features, s.wav2vec2, s.ser, s.float_ckpt, s.device,
-                                s.seed, s.batch_size, log=log, ae_width=cfg.ae_width)
+                                s.seed, s.batch_size, log=log, ae_width=cfg.ae_width, motion_ckpt=s.motion_ckpt)
     except EncoderSetupError as e:
         raise PipelineError(str(e)) from None
     base = _describe_run(s, cfg, input_size, encoder, split_of, root, kind)
     scans, known_hashes = _prepare_out_folder(out, part, s.overwrite, base, log)
 
+    crops = None
+    if s.crops:
+        from preprocess.crop_stage import CropOutput
+
+        crops = CropOutput.open(s, cfg, input_size, split_of, root, kind, part, log)
     done = {k for scan in scans for k in scan.keys}
     mine = [c for c in sources if part is None or part_of(c.clip_id, part[1]) == part[0]]
-    todo = [c for c in mine if c.clip_id not in done]
+    todo = [c for c in mine if c.clip_id not in done or (crops is not None and c.clip_id not in crops.done)]
     log(f"{len(sources)} clips found in {root} ({len(rejected)} rejected by name); "
         f"{len(mine) - len(todo)} already in shards, {len(todo)} to do"
         + (f" (part {part[0]}/{part[1]}: {len(mine)} clips)" if part else ""))
@@ -453,14 +483,18 @@ def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummar
         used = [sc.index for sc in keeper.scans if sc.split == split]
         writers[split] = ShardWriter(out, split, max_bytes, s.shard_samples, start_index=max(used, default=start - 1) + 1,
                                      end_index=end, on_complete=keeper.shard_completed)
-    written, frames_written = _write_clips(todo, s, input_size, encoder, split_of, writers, keeper, errors)
+    written, frames_written = _write_clips(todo, s, input_size, encoder, split_of, writers, keeper, errors,
+                                           done, crops)
 
     manifest = keeper.write()
+    if crops is not None:
+        log(crops.summary(crops.finish()))
     errors_file = out / errors_name
     _write_errors(errors_file, errors)
     present = {split: manifest["splits"][split]["clips"] for split in SPLITS}
     summary = RunSummary(out, written, present, frames_written, len(errors), errors_file,
-                         out / manifest_name, time.time() - t0)
+                         out / manifest_name, time.time() - t0,
+                         crops.folder / manifest_name if crops is not None else None)
     log(format_summary(summary, manifest))
     return summary
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterator
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset
 
 from float.config import FloatConfig
-from shards.format import FORMAT_VERSION, KNOWN_MEMBERS  # noqa: F401  (KNOWN_MEMBERS: read here by loop.py)
+from shards.format import FORMAT_VERSION, KNOWN_MEMBERS, TRAINING_MEMBERS  # noqa: F401  (KNOWN_MEMBERS: read here by loop.py)
 from shards.manifest import read_manifest
 from shards.sample import Clip, CorruptSample, decode_clip
 from shards.tar import ShardError, iter_tar_samples  # noqa: F401  (ShardError: part of this module's API)
@@ -122,6 +122,9 @@ def check_compatible(manifest: dict, cfg: FloatConfig, expected_motion_fingerpri
             node = node[p]
         return node
 
+    if manifest.get("kind") == "crops":  # see shards/crops.py
+        raise ValueError("this folder holds crop shards (stage 1), not latent shards: write latents with "
+                         "`floatctl shards` (or `floatctl shards --from-crops`) and train on that folder")
     problems = []
     if get("format_version") != FORMAT_VERSION:
         problems.append(f"shard format_version {get('format_version')} != supported {FORMAT_VERSION}")
@@ -194,6 +197,29 @@ class TrainWindows(IterableDataset):
         # Set by WindowLoader: (batches consumed, per-stream positions or None, restart salt).
         self.resume: tuple[int, list | None, int] = (0, None, 0)
 
+    # -- hooks: what a clip is and what is drawn from it (shards/pairs.py overrides them) ----
+    read_members: Collection[str] = TRAINING_MEMBERS
+    known_members: Collection[str] = KNOWN_MEMBERS
+    collate = staticmethod(collate)
+
+    @property
+    def min_frames(self) -> int:
+        """Clips shorter than this are skipped (counted like corrupt ones)."""
+        return self.spec.num_frames
+
+    def spec_state(self) -> list:
+        """The draw settings saved with the loader state (a resume with other ones is refused)."""
+        return [self.spec.num_frames, self.spec.num_prev_frames, self.spec.windows_per_clip]
+
+    def decode(self, key: str, members: dict[str, bytes]):
+        """One shard sample -> a clip with ``num_frames``; CorruptSample when unusable."""
+        return decode_clip(key, members, self.spec.num_prev_frames, self.emotion, self.motion_dim, self.audio_dim)
+
+    def draw(self, clip, rng: np.random.Generator) -> list[dict]:
+        """The items taken from one decoded clip; CorruptSample skips the clip."""
+        starts, refs = random_draws(clip, self.spec, rng)
+        return cut_windows(clip, self.spec, starts, refs)
+
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -232,7 +258,7 @@ class TrainWindows(IterableDataset):
             barren |= {s for s, c in produced.items() if c == 0}
             barren -= {s for s, c in produced.items() if c > 0}
             if self.resampled and barren >= set(shard_ids):
-                raise RuntimeError(f"no usable clip (readable, >= {self.spec.num_frames} frames) in any of the "
+                raise RuntimeError(f"no usable clip (readable, >= {self.min_frames} frames) in any of the "
                                    f"shards of rank {self.rank} worker {stream}: "
                                    f"{[self.urls[i] for i in shard_ids][:5]} (see the warnings logged above)")
             block, offset, skipped = block + 1, 0, counter[0]
@@ -245,14 +271,13 @@ class TrainWindows(IterableDataset):
         the caller stops the run when every shard keeps failing.
         """
         try:
-            for key, members in iter_tar_samples(url):
+            for key, members in iter_tar_samples(url, self.read_members, known_members=self.known_members):
                 try:
-                    clip = decode_clip(key, members, self.spec.num_prev_frames, self.emotion,
-                                       self.motion_dim, self.audio_dim)
-                    if clip.num_frames < self.spec.num_frames:
+                    clip = self.decode(key, members)
+                    if clip.num_frames < self.min_frames:
                         if not quiet:
                             log.debug("%s: skipping %s: %d frames < %d", url, key, clip.num_frames,
-                                      self.spec.num_frames)
+                                      self.min_frames)
                         clip = None
                 except CorruptSample as e:
                     if not quiet:
@@ -285,8 +310,14 @@ class TrainWindows(IterableDataset):
                     continue
                 if clip is None:
                     continue
-                starts, refs = random_draws(clip, self.spec, rng)
-                windows = cut_windows(clip, self.spec, starts, refs)
+                try:
+                    windows = self.draw(clip, rng)
+                except CorruptSample as e:  # found only when drawing (e.g. a frame that does not decode)
+                    if not quiet:
+                        log.warning("%s: skipping corrupt sample %s: %s", self.urls[shard], clip.key, e)
+                    counter[0] += 1
+                    self.skipped += 1
+                    continue
                 produced[shard] += len(windows)
                 for w in windows:
                     buffer.append(w)
@@ -308,10 +339,16 @@ def _pop_random(buffer: list, rng: np.random.Generator):
     return buffer.pop()
 
 
-def _collate_with_position(windows: list[dict]) -> dict:
-    batch = collate(windows)
-    batch["_stream"] = windows[-1]["_pos"]
-    return batch
+class _CollateWithPosition:
+    """The dataset's collate plus the stream position of the batch's last item (picklable)."""
+
+    def __init__(self, collate_fn):
+        self.collate_fn = collate_fn
+
+    def __call__(self, windows: list[dict]) -> dict:
+        batch = self.collate_fn(windows)
+        batch["_stream"] = windows[-1]["_pos"]
+        return batch
 
 
 # ---------------------------------------------------------------- loader with resumable position
@@ -347,7 +384,7 @@ class WindowLoader:
         self.dataset.resume = (self.batches, self.streams, self.restart)
         loader = DataLoader(
             self.dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-            collate_fn=_collate_with_position, pin_memory=self.pin_memory,
+            collate_fn=_CollateWithPosition(self.dataset.collate), pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor if self.num_workers else None)
         for batch in loader:
             stream, *position = batch.pop("_stream")
@@ -360,7 +397,7 @@ class WindowLoader:
     def _identity(self) -> dict:
         d = self.dataset
         return {"seed": d.seed, "rank": d.rank, "world_size": d.world_size, "num_streams": self.num_streams,
-                "urls": len(d.urls), "spec": [d.spec.num_frames, d.spec.num_prev_frames, d.spec.windows_per_clip],
+                "urls": len(d.urls), "spec": d.spec_state(),
                 "shuffle_buffer": d.shuffle_buffer, "shards_per_block": d.shards_per_block,
                 "resampled": d.resampled}
 

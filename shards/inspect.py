@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shards.crops import CROPS_KIND, check_crop_sample, manifest_kind
 from shards.files import file_sha256
 from shards.format import MANIFEST, META, SPLITS
 from shards.manifest import ManifestError, read_manifest
@@ -105,6 +106,7 @@ def inspect_shards(folder: Path, manifest_name: str = MANIFEST, check_hash: bool
         return report
     report.manifest = manifest
     problems = report.problems
+    check = check_crop_sample if manifest_kind(manifest) == CROPS_KIND else check_sample
     actor_split: dict[str, str] = {}
     keys_seen: dict[str, str] = {}
     listed = set()
@@ -135,7 +137,7 @@ def inspect_shards(folder: Path, manifest_name: str = MANIFEST, check_hash: bool
                     if key in keys_seen:
                         problems.append(f"{where}: key also in {keys_seen[key]}")
                     keys_seen[key] = name
-                    sample_problems, meta = check_sample(key, members, manifest, split, where)
+                    sample_problems, meta = check(key, members, manifest, split, where)
                     problems.extend(sample_problems)
                     stats.frames += int(meta.get("n_frames", 0) or 0)
                     actor = meta.get("actor")
@@ -168,11 +170,28 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _crop_summary(m: dict, report: InspectReport, lines: list[str]) -> None:
+    """The crop-shard part of the report: clips, frames, size and bytes per frame."""
+    frames = m["features"]["frames"]
+    lines.append(f"kind: crop shards (stage 1)  fingerprint {m['fingerprint'][:16]}  format {m['format_version']}")
+    lines.append(f"crops: {m['input_size']}x{m['input_size']} px {frames.get('format')} quality "
+                 f"{frames.get('quality')}, {m['fps']} fps; audio {m['features']['wave']['dtype']} "
+                 f"{m['sampling_rate']} Hz")
+    lines.append(f"{'split':<6} {'clips':>7} {'frames':>9} {'shards':>7} {'size':>11} {'bytes/frame':>12}")
+    for split, s in report.splits.items():
+        per = f"{s.bytes / s.frames:.0f}" if s.frames else "-"
+        lines.append(f"{split:<6} {s.clips:>7} {s.frames:>9} {s.shards:>7} {_mb(s.bytes):>11} {per:>12}")
+    crop = m["crop"]
+    lines.append(f"crop: {crop.get('mode')} (scale {crop.get('scale')}, detector {crop.get('detector')})")
+
+
 def format_report(report: InspectReport) -> str:
     """Human summary: per-split table, features, encoders (random vs real), then the problems."""
     lines = [f"shards: {report.folder}"]
     m = report.manifest
-    if m is not None:
+    if m is not None and manifest_kind(m) == CROPS_KIND:
+        _crop_summary(m, report, lines)
+    elif m is not None:
         lines.append(f"fingerprint {m['fingerprint'][:16]}  format {m['format_version']}  "
                      f"input {m['input_size']}px  {m['fps']} fps  {m['sampling_rate']} Hz")
         lines.append(f"{'split':<6} {'clips':>7} {'frames':>9} {'shards':>7} {'size':>11}")

@@ -103,7 +103,8 @@ def validate_manifest(manifest: dict) -> list[str]:
             total += shard["samples"]
         if total != entry["clips"]:
             problems.append(f"split {split!r}: shards hold {total} samples but clips says {entry['clips']}")
-    for k in ("motion", "lambdas", "audio", "emotion"):
+    # Crop shards (kind "crops", shards/crops.py) store frames and audio, not feature widths.
+    for k in ("motion", "lambdas", "audio", "emotion") if manifest.get("kind") != "crops" else ():
         if k not in manifest["features"] or "dim" not in manifest["features"][k]:
             problems.append(f"features.{k}.dim missing")
     inputs = manifest.get("fingerprint_inputs")
@@ -190,8 +191,8 @@ def merge_parts(folder: Path, allow_missing: bool = False) -> dict:
             raise ManifestError(
                 f"{folder / parts[key].name}: settings differ from {parts[first_key].name}: "
                 + format_diff(diff_settings(base, m)))
-        for k in ("audio", "motion", "lambdas"):
-            if m["features"][k] != base["features"][k]:
+        for k in ("audio", "motion", "lambdas", "frames", "wave"):
+            if m["features"].get(k) != base["features"].get(k):
                 raise ManifestError(f"{folder / parts[key].name}: features.{k} differ between parts")
     merged = {k: v for k, v in base.items() if k != "splits"}
     merged["splits"] = {}

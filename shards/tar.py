@@ -33,8 +33,8 @@ def split_member_name(name: str) -> tuple[str, str]:
     return (m.group(1), m.group(2)) if m else (name, "")
 
 
-def iter_tar_samples(url: str | Path, read: Collection[str] | None = TRAINING_MEMBERS,
-                     strict: bool = False) -> Iterator[tuple[str, dict[str, bytes]]]:
+def iter_tar_samples(url: str | Path, read: Collection[str] | None = TRAINING_MEMBERS, strict: bool = False,
+                     known_members: Collection[str] = KNOWN_MEMBERS) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {suffix: bytes}) for each sample of a tar, members grouped by WebDataset key.
 
     Only the members in ``read`` are read (default: what training needs; None: all);
@@ -42,7 +42,8 @@ def iter_tar_samples(url: str | Path, read: Collection[str] | None = TRAINING_ME
     not a tar or holds no shard member at all. Lenient (default): a tar cut short
     after some samples ends the iteration with a warning (the samples before it are
     kept). ``strict``: a member that is not a regular file or not named KEY.SUFFIX, a
-    suffix twice in one sample, or a damaged tar raise ShardError.
+    suffix twice in one sample, or a damaged tar raise ShardError. ``known_members``: the
+    suffixes that make a tar a shard of the expected kind (crop shards pass their own).
     """
     url = str(url)
     try:
@@ -76,7 +77,7 @@ def iter_tar_samples(url: str | Path, read: Collection[str] | None = TRAINING_ME
                     key, members = k, {}
                 if strict and suffix in members:
                     raise ShardError(f"{url}: sample {k!r} has {suffix!r} twice")
-                if suffix in KNOWN_MEMBERS:
+                if suffix in known_members:
                     known += 1
                 elif len(foreign) < 5:
                     foreign.append(info.name)
@@ -92,7 +93,7 @@ def iter_tar_samples(url: str | Path, read: Collection[str] | None = TRAINING_ME
             log.warning("%s: tar is cut short (%s); using the samples before that point", url, e)
             key = None  # the last sample may be incomplete
         if known == 0 and not strict:
-            raise ShardError(f"{url}: not a FLOAT shard: no member named *.{' / *.'.join(KNOWN_MEMBERS)} "
+            raise ShardError(f"{url}: not a FLOAT shard of this kind: no member named *.{' / *.'.join(known_members)} "
                              f"(first members: {foreign})")
         if key is not None:
             yield key, members
@@ -114,7 +115,7 @@ def _close_error(stream) -> str:
     return ""
 
 
-def check_shard_file(path: str | Path) -> None:
+def check_shard_file(path: str | Path, known_members: Collection[str] = KNOWN_MEMBERS) -> None:
     """ShardError unless ``path`` is a tar whose first member is a FLOAT shard member (reads one header)."""
     path = Path(path)
     try:
@@ -123,13 +124,13 @@ def check_shard_file(path: str | Path) -> None:
     except (tarfile.TarError, OSError) as e:
         raise ShardError(f"{path}: not a shard (not a readable tar: {e})") from None
     suffix = split_member_name(first.name.split("/")[-1])[1] if first is not None else ""
-    if suffix not in KNOWN_MEMBERS:
-        raise ShardError(f"{path}: not a FLOAT shard (first member {first.name if first else 'none'!r}; "
-                         f"expected *.{' / *.'.join(KNOWN_MEMBERS)})")
+    if suffix not in known_members:
+        raise ShardError(f"{path}: not a FLOAT shard of this kind (first member {first.name if first else 'none'!r}; "
+                         f"expected *.{' / *.'.join(known_members)})")
 
 
-def check_local_shards(urls: list[str]) -> None:
+def check_local_shards(urls: list[str], known_members: Collection[str] = KNOWN_MEMBERS) -> None:
     """check_shard_file for every URL that is a local file (pipe:/URL shards are checked when read)."""
     for url in urls:
         if Path(url).is_file():
-            check_shard_file(url)
+            check_shard_file(url, known_members)

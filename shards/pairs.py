@@ -1,0 +1,177 @@
+"""(source, driving) frame pairs from crop shards, for training the motion auto-encoder.
+
+The stream is TrainWindows's (shards/dataset.py) with two hooks changed: a clip
+is a lazily decoded crop sample (shards/crops.py) and what is drawn from it is
+``pairs_per_clip`` pairs of two different frames. Blocks, shuffle buffer, shard
+assignment, skipping of corrupt samples and the exact-resume positions are the
+same code, so ``make_pair_loader`` returns a WindowLoader with the same
+``state_dict()`` / ``load_state_dict()`` / ``skipped`` API.
+
+Only the drawn frames are JPEG-decoded, in the worker, when the clip is drawn
+(so a frame that does not decode skips the clip like any corrupt sample).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from shards.crops import CROP_ONLY_MEMBERS, JPEGS, OFFSETS, CropClip, CropSampleError
+from shards.dataset import TrainWindows, WindowLoader
+from shards.tar import iter_tar_samples
+from shards.sample import CorruptSample
+from shards.windows import _empty
+
+log = logging.getLogger(__name__)
+
+# The pair stream reads the frames only; audio, emotion and meta stay unread in the tar.
+_PAIR_MEMBERS = frozenset((JPEGS, OFFSETS))
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    pairs_per_clip: int = 4  # (source, driving) pairs drawn from each decoded clip
+
+    def __post_init__(self) -> None:
+        if self.pairs_per_clip < 1:
+            raise ValueError(f"pairs_per_clip must be at least 1, got {self.pairs_per_clip}")
+
+
+def draw_pairs(clip: CropClip, count: int, rng: np.random.Generator, size: int | None = None) -> list[dict]:
+    """``count`` pairs of two different frames, uniform over the clip; frames decoded once each.
+
+    Items: ``key``, ``source`` / ``driving`` (S,S,3) RGB uint8, ``source_frame`` / ``driving_frame``.
+    """
+    n = clip.num_frames
+    src = rng.integers(0, n, size=count)
+    drv = (src + rng.integers(1, n, size=count)) % n  # uniform over the other n - 1 frames
+    decoded: dict[int, np.ndarray] = {}
+
+    def frame(i: int) -> np.ndarray:
+        if i not in decoded:
+            try:
+                img = clip.frame(i)
+            except CropSampleError as e:
+                raise CorruptSample(str(e)) from e
+            if size is not None and img.shape[0] != size:
+                raise CorruptSample(f"frame {i} is {img.shape[0]} px, expected {size}")
+            decoded[i] = img
+        return decoded[i]
+
+    return [{"key": clip.key, "source": frame(s), "driving": frame(d), "source_frame": s, "driving_frame": d}
+            for s, d in zip(src.tolist(), drv.tolist())]
+
+
+def collate_pairs(items: list[dict]) -> dict:
+    """``source`` / ``driving`` (B,3,S,S) uint8 tensors (the trainer maps them to [-1, 1]),
+    ``source_frame`` / ``driving_frame`` (B,) int64 and ``key`` (a list)."""
+    if not items:
+        raise ValueError("collate_pairs: empty list of pairs")
+    shape = items[0]["source"].shape
+    batch: dict = {"key": [it["key"] for it in items]}
+    for name in ("source", "driving"):
+        out = _empty((len(items), 3, shape[0], shape[1]), torch.uint8)
+        out_np = out.numpy()
+        for i, it in enumerate(items):
+            if it[name].shape != shape:
+                raise ValueError(f"collate_pairs: {it['key']} has {name} frames of shape {it[name].shape}, "
+                                 f"{items[0]['key']} has {shape} (crop shards of different sizes?)")
+            out_np[i] = it[name].transpose(2, 0, 1)
+        batch[name] = out
+    for name in ("source_frame", "driving_frame"):
+        batch[name] = torch.tensor([it[name] for it in items], dtype=torch.int64)
+    return batch
+
+
+class CropPairs(TrainWindows):
+    """Infinite (``resampled``) stream of frame pairs; see TrainWindows for streams and resume.
+
+    ``size``: the expected crop side (from the crop manifest); frames of another size skip the clip.
+    """
+
+    read_members = _PAIR_MEMBERS
+    known_members = CROP_ONLY_MEMBERS
+    collate = staticmethod(collate_pairs)
+
+    def __init__(self, urls: list[str], spec: PairSpec = PairSpec(), seed: int = 0, rank: int = 0,
+                 world_size: int = 1, shuffle_buffer: int = 64, resampled: bool = True,
+                 shards_per_block: int = 2, size: int | None = None):
+        super().__init__(urls, spec, seed=seed, rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer,
+                         resampled=resampled, shards_per_block=shards_per_block)
+        self.size = size
+
+    @property
+    def min_frames(self) -> int:
+        return 2  # a pair needs two different frames
+
+    def spec_state(self) -> list:
+        return ["pairs", self.spec.pairs_per_clip, self.size]
+
+    def decode(self, key: str, members: dict[str, bytes]) -> CropClip:
+        try:
+            return CropClip(key, members)
+        except CropSampleError as e:
+            raise CorruptSample(str(e)) from e
+
+    def draw(self, clip: CropClip, rng: np.random.Generator) -> list[dict]:
+        return draw_pairs(clip, self.spec.pairs_per_clip, rng, self.size)
+
+
+def make_pair_loader(urls: list[str], batch_size: int, num_workers: int = 0, seed: int = 0, rank: int = 0,
+                     world_size: int = 1, pairs_per_clip: int = 4, pin_memory: bool | None = None, *,
+                     size: int | None = None, state: dict | None = None, prefetch_factor: int = 2,
+                     **dataset_kwargs) -> WindowLoader:
+    """A WindowLoader of collated pair batches over CropPairs(urls, ...).
+
+    ``state``: a saved ``state_dict()`` to continue from (strict). ``dataset_kwargs``:
+    shuffle_buffer, shards_per_block, resampled.
+    """
+    dataset = CropPairs(urls, PairSpec(pairs_per_clip), seed=seed, rank=rank, world_size=world_size,
+                        size=size, **dataset_kwargs)
+    loader = WindowLoader(dataset, batch_size, num_workers, pin_memory, prefetch_factor)
+    if state is not None:
+        loader.load_state_dict(state)
+    return loader
+
+
+class ValPairs(torch.utils.data.Dataset):
+    """A fixed list of held-out pairs: shards in the given order, clips in tar order, clip ``c``'s
+    pairs drawn with ``default_rng([seed, c])``, so the list depends only on the data and the seed."""
+
+    def __init__(self, urls: list[str], pairs_per_clip: int = 2, max_clips: int | None = None, seed: int = 0,
+                 size: int | None = None):
+        if not urls:
+            raise ValueError("ValPairs: no shard URLs")
+        PairSpec(pairs_per_clip)  # validates the count
+        self.pairs: list[dict] = []
+        self.skipped = 0
+        clips = 0
+        for url in urls:
+            for key, members in iter_tar_samples(url, _PAIR_MEMBERS, known_members=CROP_ONLY_MEMBERS):
+                if max_clips is not None and clips >= max_clips:
+                    return
+                try:
+                    clip = CropClip(key, members)
+                    if clip.num_frames < 2:
+                        self.skipped += 1
+                        continue
+                    pairs = draw_pairs(clip, pairs_per_clip, np.random.default_rng([seed, clips]), size)
+                except (CropSampleError, CorruptSample) as e:
+                    log.warning("%s: skipping corrupt sample %s: %s", url, key, e)
+                    self.skipped += 1
+                    continue
+                self.pairs.extend(pairs)
+                clips += 1
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.pairs[index]
+
+    def batches(self, batch_size: int, rank: int = 0, world_size: int = 1) -> list[dict]:
+        """Collated batches of this rank's share (every ``world_size``-th pair), in order."""
+        mine = self.pairs[rank::world_size]
+        return [collate_pairs(mine[i:i + batch_size]) for i in range(0, len(mine), batch_size)]
