@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from float.config import FloatConfig
+from float.motion_checkpoint import MOTION_CKPT_KIND
 from shards.files import atomic_write_bytes
 from trainer import checkpoints as ckpt
 from trainer.distributed import DistInfo
@@ -31,7 +32,7 @@ from trainer.schedule import SCHEDULES
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # What a checkpoint holds: an FMT run (older checkpoints have no kind) or a stage-1 auto-encoder run.
 FMT_KIND = "fmt"
-MOTION_KIND = "motion_autoencoder"
+MOTION_KIND = MOTION_CKPT_KIND  # read back by float.motion_checkpoint.load_motion_checkpoint
 
 
 def default_preset(device: torch.device) -> str:

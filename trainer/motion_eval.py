@@ -1,0 +1,34 @@
+"""Stage-1 evaluation pieces: PSNR and the source | driving | reconstruction grid."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def psnr(images: Tensor, targets: Tensor) -> Tensor:
+    """Per-image PSNR in dB of images in [-1, 1], measured in [0, 1] pixel space."""
+    a = images.float().clamp(-1, 1).add(1).div(2)
+    b = targets.float().clamp(-1, 1).add(1).div(2)
+    mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10.0 * torch.log10(1.0 / mse)
+
+
+def to_uint8_rgb(images: Tensor) -> np.ndarray:
+    """(B,3,S,S) in [-1, 1] -> (B,S,S,3) uint8."""
+    x = images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_pair_grid(path: Path, source: Tensor, driving: Tensor, recon: Tensor) -> Path:
+    """A PNG with one column per pair and three rows: source, driving, reconstruction."""
+    import cv2
+
+    rows = [np.concatenate(list(to_uint8_rgb(x)), axis=1) for x in (source, driving, recon)]
+    grid = np.concatenate(rows, axis=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {path}")
+    return path

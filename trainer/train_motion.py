@@ -1,0 +1,280 @@
+"""Stage 1: the LIA-style motion auto-encoder trained on crop shards (``floatctl train-motion``).
+
+A source and a driving frame of one clip; the driving frame is rebuilt from the
+source's appearance latent and feature maps, moved by the driving frame's motion.
+Losses (float/motion_training.py): L1, a perceptual term (VGG19 from a user file,
+or a weight-free structure loss) and, optionally, a StyleGAN2 discriminator's
+non-saturating term with lazy R1. The shared loop (trainer/loop.py) brings
+checkpoints with exact resume, EMA, AMP, DDP, logs and SIGTERM handling; this
+module adds the discriminator's step, held-out PSNR and the sample grids.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from float.config import FloatConfig, get_preset
+from float.discriminator import Discriminator, lazy_r1_weight
+from float.model import count_parameters
+from float.motion_autoencoder import MotionAutoEncoder
+from float.motion_training import MotionLossWeights, discriminator_losses, generator_losses, prepare_for_training
+from float.perceptual import PerceptualWeightsError, build_perceptual
+from shards.crops import crop_shard_urls, read_crop_manifest
+from shards.manifest import ManifestError
+from shards.pairs import ValPairs, make_pair_loader
+from trainer import run as setup
+from trainer.distributed import DistInfo, init_distributed, wrap_ddp
+from trainer.ema import EMA
+from trainer.loop import TrainResult, run_loop
+from trainer.motion_eval import psnr, save_pair_grid
+from trainer.errors import TrainingError
+from trainer.run import MOTION_KIND, Run, to_device
+from trainer.schedule import resolve_schedule
+from trainer.settings import MotionSettings
+
+# From-scratch peak learning rates of the auto-encoder per preset (Adam, betas below).
+MOTION_LR = {"paper": 2e-3, "small": 2e-3, "tiny": 2e-3}
+BETAS = (0.0, 0.99)  # StyleGAN2 / LIA
+
+
+def to_unit_range(images: Tensor) -> Tensor:
+    """uint8 (B,3,S,S) -> float in [-1, 1], as the auto-encoder expects."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def load_init_weights(path: str, model: MotionAutoEncoder) -> str:
+    """--init: a stage-1 checkpoint (its EMA weights) or an official float.pth (motion_autoencoder.*)."""
+    from float.checkpoint import CheckpointError, official_motion_autoencoder, safe_torch_load
+    from float.motion_checkpoint import load_motion_checkpoint
+
+    try:
+        found = safe_torch_load(path)
+        if isinstance(found, dict) and found.get("kind") == MOTION_KIND:
+            source, _, _ = load_motion_checkpoint(path)
+            what = "stage-1 checkpoint (EMA weights)"
+        else:
+            source = official_motion_autoencoder(found, model.size, path)
+            what = "official motion_autoencoder.*"
+        model.load_state_dict(source.state_dict(), strict=True)
+    except (CheckpointError, FileNotFoundError) as e:
+        raise TrainingError(f"--init: {e}") from None
+    except RuntimeError as e:
+        raise TrainingError(f"--init {path}: the weights do not fit a {model.size}px auto-encoder of width "
+                            f"{model.width} ({str(e).splitlines()[0]}); pick the matching --preset / --set") from None
+    return what
+
+
+class MotionStage:
+    """What the shared loop needs to know about stage 1."""
+
+    loss_keys = ("total", "l1", "perceptual", "adversarial")
+
+    def __init__(self, run: Run, manifest: dict, perceptual, discriminator, d_train, d_optimizer,
+                 val_batches: list[dict]):
+        s = run.s
+        self.run, self.manifest, self.perceptual = run, manifest, perceptual
+        self.discriminator, self.d_train, self.d_optimizer = discriminator, d_train, d_optimizer
+        self.val_batches, self.has_val = val_batches, bool(val_batches)
+        self.weights = MotionLossWeights(s.l1_weight, s.perceptual_weight, s.adversarial_weight)
+        self.before_adversarial = dataclasses.replace(self.weights, adversarial=0.0) \
+            if (s.l1_weight or s.perceptual_weight) else self.weights
+        self._last: tuple[Tensor, Tensor] | None = None
+
+    def _adversarial_on(self, step: int) -> bool:
+        return self.discriminator is not None and step >= self.run.s.adversarial_start
+
+    def loss(self, train_model, batch: dict, generator: torch.Generator, step: int) -> dict:
+        source, driving = to_unit_range(batch["source"]), to_unit_range(batch["driving"])
+        adversarial = self._adversarial_on(step)
+        if self.discriminator is not None:
+            self.discriminator.requires_grad_(False)  # the generator step trains the auto-encoder only
+        losses, recon = generator_losses(train_model, source, driving, self.perceptual,
+                                         self.discriminator if adversarial else None,
+                                         self.weights if adversarial else self.before_adversarial)
+        self._last = (driving, recon.detach())
+        return losses
+
+    def after_step(self, step: int) -> dict:
+        """The discriminator's step on the last micro-batch (real driving frames vs reconstructions)."""
+        if not self._adversarial_on(step) or self._last is None:
+            return {}
+        s = self.run.s
+        self.discriminator.requires_grad_(True)
+        real, fake = self._last
+        d_step = step - s.adversarial_start
+        r1_weight = lazy_r1_weight(s.r1_gamma, s.r1_every) if s.r1_gamma > 0 and d_step % s.r1_every == 0 else 0.0
+        self.d_optimizer.zero_grad(set_to_none=True)
+        with self.run.autocast():
+            out = discriminator_losses(self.d_train, real, fake, r1_weight)
+        out["total"].backward()
+        if torch.isfinite(out["total"]):
+            self.d_optimizer.step()
+        self._last = None
+        return {"d_logistic": float(out["logistic"]), "r1": float(out["r1"])}
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict:
+        """Held-out PSNR of the EMA model's reconstructions and of copying the source frame."""
+        model, recon_db, copy_db = self.run.ema.shadow, [], []
+        for batch in self.val_batches:
+            source, driving = to_unit_range(batch["source"]), to_unit_range(batch["driving"])
+            with self.run.autocast():
+                recon = model(source, driving).float()
+            recon_db.append(psnr(recon, driving))
+            copy_db.append(psnr(source, driving))
+        recon_psnr = float(torch.cat(recon_db).mean())
+        copy_psnr = float(torch.cat(copy_db).mean())
+        metrics = {"psnr": recon_psnr, "psnr_copy_source": copy_psnr, "psnr_gain": recon_psnr - copy_psnr}
+        self.run.log.log(step, metrics, split="val")
+        return metrics
+
+    @torch.no_grad()
+    def save_samples(self, step: int) -> None:
+        batch, count = self.val_batches[0], self.run.s.sample_count
+        source, driving = to_unit_range(batch["source"][:count]), to_unit_range(batch["driving"][:count])
+        with self.run.autocast():
+            recon = self.run.ema.shadow(source, driving).float()
+        path = save_pair_grid(self.run.run_dir / "samples" / f"sample_step_{step}.png", source, driving, recon)
+        self.run.log.info(f"samples: {path} (rows: source | driving | reconstruction)")
+
+    def checkpoint_extra(self) -> dict:
+        extra = {"manifest_fingerprint": self.manifest.get("fingerprint"), "crop_size": self.manifest["input_size"]}
+        if self.discriminator is not None:
+            extra["discriminator"] = self.discriminator.state_dict()
+            extra["d_optimizer"] = self.d_optimizer.state_dict()
+        return extra
+
+    def load_extra(self, state: dict, path: Path) -> None:
+        if self.discriminator is None:
+            return
+        if "discriminator" not in state:
+            self.run.log.info(f"warning: {path} holds no discriminator: it starts afresh")
+            return
+        try:
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.d_optimizer.load_state_dict(state["d_optimizer"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise TrainingError(f"checkpoint {path}: cannot restore the discriminator ({e})") from None
+
+
+def _read_crops(s: MotionSettings) -> tuple[dict, list[str]]:
+    try:
+        manifest = read_crop_manifest(s.data_root)
+        return manifest, crop_shard_urls(s.data_root, "train", manifest)
+    except (ManifestError, OSError, ValueError) as e:
+        raise TrainingError(str(e)) from None
+
+
+def _model_config(s: MotionSettings, preset: str, manifest: dict) -> FloatConfig:
+    """The preset at the crops' size (the data decides it, as the shards decide the FMT's audio width)."""
+    try:
+        return get_preset(preset, **{"input_size": int(manifest["input_size"]), **s.overrides})
+    except (TypeError, ValueError) as e:
+        raise TrainingError(f"model config: {e}") from None
+
+
+def _val_batches(s: MotionSettings, manifest: dict, info: DistInfo, log) -> list[dict]:
+    if not info.is_main or (s.val_step <= 0 and s.sample_step <= 0):
+        return []
+    batches: list[dict] = []
+    if (manifest["splits"].get("val") or {}).get("shards"):
+        val = ValPairs(crop_shard_urls(s.data_root, "val", manifest), s.val_pairs_per_clip, s.val_clips,
+                       seed=s.seed, size=int(manifest["input_size"]))
+        batches = [to_device(b, info.device) for b in val.batches(s.val_batch_size)]
+    if not batches:
+        log.info("warning: no val pairs (empty val split): validation and samples are skipped")
+    return batches
+
+
+def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
+    setup.check_loop_options(s)
+    if s.r1_every < 1:
+        raise TrainingError("--r1-every must be at least 1")
+    device = info.device
+    preset = s.preset or setup.default_preset(device)
+    run_dir = Path(s.out or f"runs/motion-{preset}")
+    manifest, train_urls = _read_crops(s)
+    cfg = _model_config(s, preset, manifest)
+    resumed = setup.resume_point(s.resume, run_dir / "checkpoints", MOTION_KIND, info)
+    if resumed is not None:
+        setup.check_same_config(resumed[1], resumed[0], cfg)
+    try:
+        weights = MotionLossWeights(s.l1_weight, s.perceptual_weight, s.adversarial_weight)
+        perceptual, perceptual_note = build_perceptual(s.perceptual_weights, device) \
+            if weights.perceptual else (None, "perceptual loss off")
+    except (PerceptualWeightsError, ValueError) as e:
+        raise TrainingError(str(e)) from None
+    amp_dtype, use_scaler = setup.configure_numerics(s, device)
+
+    torch.manual_seed(s.seed)  # the same initial weights on every rank
+    model = MotionAutoEncoder(cfg.input_size, cfg.dim_w, cfg.dim_m, cfg.ae_width)
+    prepare_for_training(model)
+    discriminator = Discriminator(cfg.input_size, width=cfg.ae_width) if weights.adversarial else None
+    model.to(device)
+    start_step = int(resumed[1]["step"]) if resumed else 0
+    log = setup.open_logger(s, run_dir, info, start_step)
+    try:
+        init_note = load_init_weights(s.init, model) if s.init and resumed is None else "from scratch"
+        schedule = resolve_schedule(s.lr, s.warmup, resumed[1].get("schedule", {}) if resumed else {}, cfg.name,
+                                    s.steps, table=MOTION_LR)
+        ema = EMA(model, s.ema_decay)
+        optimizer = setup.make_optimizer(model.parameters(), schedule["lr"], s.weight_decay, BETAS)
+        scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        d_train, d_optimizer = None, None
+        if discriminator is not None:
+            discriminator.to(device)
+            d_optimizer = setup.make_optimizer(discriminator.parameters(), s.d_lr or schedule["lr"], 0.0, BETAS)
+            d_train = wrap_ddp(discriminator, info)
+        nonfinite_total, stream_state = 0, None
+        if resumed is not None:
+            setup.restore_training_state(resumed[0], resumed[1], model, ema, optimizer, scaler)
+            nonfinite_total = int(resumed[1].get("counters", {}).get("nonfinite", 0))
+            stream_state = setup.saved_stream_state(resumed[1], resumed[0], info, log)
+            log.info(f"resumed from {resumed[0]} at step {start_step}")
+        train_model = wrap_ddp(model, info)
+        if s.compile:
+            train_model = torch.compile(train_model)
+        num_workers = setup.worker_count(s, device)
+        loader = make_pair_loader(train_urls, s.batch_size, num_workers, s.seed, info.rank, info.world_size,
+                                  s.pairs_per_clip, pin_memory=device.type == "cuda", size=cfg.input_size,
+                                  shuffle_buffer=s.shuffle_buffer)
+        if stream_state is not None:
+            loader.load_state_dict(stream_state, strict=False)
+        val_batches = _val_batches(s, manifest, info, log)
+        resolved = {"preset": preset, "device": str(device), "world_size": info.world_size,
+                    "input_size": cfg.input_size, "ae_width": cfg.ae_width, "lr": schedule["lr"],
+                    "warmup": schedule["warmup"], "init": init_note,
+                    "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+                    "num_workers": num_workers, "global_batch": s.batch_size * s.grad_accum * info.world_size,
+                    "parameters": count_parameters(model),
+                    "discriminator_parameters": count_parameters(discriminator) if discriminator else 0,
+                    "train_shards": len(train_urls),
+                    "val_pairs": sum(b["source"].shape[0] for b in val_batches)}
+        log.info("floatctl train-motion: " + ", ".join(f"{k} {v}" for k, v in resolved.items()))
+        log.info(f"losses: L1 x{s.l1_weight}, {perceptual_note} x{s.perceptual_weight}, adversarial "
+                 f"x{s.adversarial_weight}" + (f" from step {s.adversarial_start} (R1 gamma {s.r1_gamma} every "
+                                               f"{s.r1_every})" if discriminator else " (no discriminator)"))
+        if info.is_main:
+            setup.write_run_config(run_dir, {"settings": dataclasses.asdict(s), "resolved": resolved,
+                                             "config": cfg.to_dict(), "perceptual": perceptual_note,
+                                             "manifest_fingerprint": manifest.get("fingerprint")})
+    except BaseException:
+        log.close()
+        raise
+    run = Run(s, info, cfg, MOTION_KIND, run_dir, log, model, train_model, ema, optimizer, scaler, amp_dtype,
+              loader, schedule, start_step, nonfinite_total)
+    stage = MotionStage(run, manifest, perceptual, discriminator, d_train, d_optimizer, val_batches)
+    if resumed is not None:
+        stage.load_extra(resumed[1], resumed[0])
+    return run, stage
+
+
+def train(settings: MotionSettings, info: DistInfo | None = None) -> TrainResult:
+    """Train the motion auto-encoder to ``settings.steps`` (or until SIGTERM/SIGINT)."""
+    info = info or init_distributed(settings.device)
+    run, stage = prepare(settings, info)
+    return run_loop(run, stage)
