@@ -111,3 +111,49 @@ def test_export_bad_inputs(checkpoint, tmp_path):
     result = cli([checkpoint["path"], tmp_path / "y.pth", "--float-ckpt", no_motion])
     assert result.exit_code == 2 and "no motion_autoencoder" in result.output
     assert not (tmp_path / "x.pth").exists() and not (tmp_path / "y.pth").exists()
+
+
+def test_motion_ckpt_makes_a_complete_file_trained_here(checkpoint, tmp_path):
+    from crop_factory import write_stage1_checkpoint
+    from float.motion_checkpoint import load_motion_checkpoint
+
+    stage1 = write_stage1_checkpoint(tmp_path / "stage1.pt", size=16)
+    out = tmp_path / "complete.pth"
+    result = cli([checkpoint["path"], out, "--motion-ckpt", stage1])
+    assert result.exit_code == 0, result.output
+    state = torch.load(out, weights_only=True)
+    expected, _, _ = load_motion_checkpoint(stage1)  # the EMA weights, under the official names
+    for k, v in expected.state_dict().items():
+        assert torch.equal(state[f"motion_autoencoder.{k}"], v), k
+    assert any(k.startswith("fmt.") for k in state)
+    # One motion auto-encoder per file; an FMT checkpoint is not a stage-1 one.
+    both = cli([checkpoint["path"], tmp_path / "x.pth", "--motion-ckpt", stage1, "--float-ckpt", stage1])
+    assert both.exit_code == 2 and "not both" in both.output
+    wrong = cli([checkpoint["path"], tmp_path / "y.pth", "--motion-ckpt", checkpoint["path"]])
+    assert wrong.exit_code == 2 and "not a stage-1" in wrong.output
+
+
+def test_a_stage1_run_exports_a_slim_checkpoint(tmp_path):
+    from crop_factory import write_stage1_checkpoint
+    from float.motion_checkpoint import load_motion_checkpoint
+
+    run_ckpt = write_stage1_checkpoint(tmp_path / "final.pt", size=16, optimizer={"state": {}, "bulk": torch.zeros(10**5)})
+    slim = tmp_path / "stage1-slim.pt"
+    result = cli([run_ckpt, slim, "--half"])
+    assert result.exit_code == 0, result.output
+    assert slim.stat().st_size < run_ckpt.stat().st_size / 2
+    full, _, _ = load_motion_checkpoint(run_ckpt)
+    half, info, _ = load_motion_checkpoint(slim)
+    assert info["step"] == 3
+    for k, v in full.state_dict().items():
+        assert torch.allclose(half.state_dict()[k], v, atol=1e-2, rtol=1e-3), k
+
+
+def test_sampling_refuses_a_stage1_checkpoint_naming_what_it_is(tmp_path):
+    from crop_factory import write_stage1_checkpoint
+    from trainer.checkpoints import load_sampling_model
+    from trainer.errors import SampleError
+
+    stage1 = write_stage1_checkpoint(tmp_path / "stage1.pt", size=16)
+    with pytest.raises(SampleError, match="stage-1 motion auto-encoder checkpoint.*--motion-ckpt"):
+        load_sampling_model(stage1)

@@ -28,6 +28,7 @@ from torch import Tensor
 from float.checkpoint import CheckpointError, load_exactly, safe_torch_load
 from float.config import FloatConfig
 from float.model import FloatMotionModel
+from float.motion_checkpoint import MOTION_CKPT_KIND
 from shards.dataset import check_compatible
 from shards.manifest import read_manifest
 from shards.files import atomic_write_bytes, remove_stale_temporaries  # noqa: F401  (loop.py writes through it)
@@ -222,6 +223,10 @@ def load_sampling_model(path: str | Path, use_ema: bool = True, device: str | to
         state = load_checkpoint(path)
     except CheckpointError as e:
         raise SampleError(str(e)) from None
+    if state.get("kind") == MOTION_CKPT_KIND:
+        raise SampleError(f"{path} is a stage-1 motion auto-encoder checkpoint (floatctl train-motion); this "
+                          f"needs an FMT checkpoint (floatctl train). A stage-1 checkpoint encodes latents: "
+                          f"floatctl shards --from-crops ... --motion-ckpt {path}")
     try:
         cfg = FloatConfig.from_dict(state["config"])
     except (TypeError, ValueError) as e:

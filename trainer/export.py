@@ -10,8 +10,10 @@ import torch
 import typer
 
 from float.checkpoint import (MOTION_AUTOENCODER, CheckpointError, load_official_state_dict, load_parts,
-                              motion_autoencoder_state, official_state_dict)
+                              motion_autoencoder_state, official_state_dict, safe_torch_load)
 from float.model import FloatMotionModel
+from float.motion_autoencoder import MotionAutoEncoder
+from float.motion_checkpoint import MOTION_CKPT_KIND, load_motion_checkpoint
 from shards.files import atomic_write_bytes
 from trainer.checkpoints import Log, load_sampling_model
 from trainer.errors import SampleError, exit_with_error
@@ -28,13 +30,17 @@ class ExportReport:
 
 
 def export_official(checkpoint: str | Path, out: str | Path, use_ema: bool = True,
-                    float_ckpt: str | Path | None = None, log: Log = print) -> ExportReport:
+                    float_ckpt: str | Path | None = None, log: Log = print,
+                    motion_ckpt: str | Path | None = None) -> ExportReport:
     """Write an official-format state dict of a training checkpoint and verify it loads.
 
     ``float_ckpt``: also copy ``motion_autoencoder.*`` from an official float.pth,
     so the official inference code (which warns about every parameter it does
-    not find) gets a complete file.
+    not find) gets a complete file. ``motion_ckpt``: take them from a stage-1
+    checkpoint instead (a model trained here from scratch, both stages).
     """
+    if float_ckpt is not None and motion_ckpt is not None:
+        raise SampleError("give --float-ckpt or --motion-ckpt, not both: one motion auto-encoder per file")
     sm = load_sampling_model(checkpoint, use_ema=use_ema, log=log)
     if getattr(sm.model, "normalizes_motion", False):
         # The flow was learned on standardised latents; the official sampler integrates raw latents
@@ -58,16 +64,50 @@ def export_official(checkpoint: str | Path, out: str | Path, use_ema: bool = Tru
             raise SampleError(f"--float-ckpt {float_ckpt}: no motion_autoencoder.* keys; not an official float.pth")
         state.update(motion)
         copied = len(motion)
+    parts_to_check = {}
+    if motion_ckpt is not None:
+        motion, stage1_model = stage1_official_state(motion_ckpt)
+        state.update(motion)
+        copied = len(motion)
+        parts_to_check[MOTION_AUTOENCODER] = MotionAutoEncoder(stage1_model.size, stage1_model.style_dim,
+                                                               stage1_model.motion_dim, stage1_model.width)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, lambda f: torch.save(state, f))
     # Read the file back the way a user of it would, into a fresh model: nothing may be missing.
     fresh = FloatMotionModel(sm.cfg)
     report = load_parts(load_official_state_dict(out),
-                        {"fmt.": fresh.fmt, "audio_encoder.audio_projection.": fresh.audio_encoder.audio_projection})
+                        {"fmt.": fresh.fmt, "audio_encoder.audio_projection.": fresh.audio_encoder.audio_projection,
+                         **parts_to_check})
     if not report.ok:
         raise SampleError(f"{out}: the exported file does not load back into a fresh model:\n{report}")
     return ExportReport(out, sm.weights, sm.step, keys, copied, str(report))
+
+
+def stage1_official_state(path: str | Path) -> tuple[dict[str, torch.Tensor], MotionAutoEncoder]:
+    """(``motion_autoencoder.*`` under the official names, the model) of a stage-1 checkpoint's EMA weights."""
+    try:
+        model, _, _ = load_motion_checkpoint(path)
+    except CheckpointError as e:
+        raise SampleError(f"--motion-ckpt: {e}") from None
+    return {MOTION_AUTOENCODER + k: v for k, v in model.state_dict().items()}, model
+
+
+def export_stage1(checkpoint: str | Path, out: str | Path, half: bool = False) -> tuple[Path, dict]:
+    """A slim stage-1 checkpoint: the EMA weights, config and step only (what --motion-ckpt needs),
+    optionally in float16 (half the bytes; loading casts back to float32)."""
+    try:
+        model, info, cfg = load_motion_checkpoint(checkpoint)
+    except CheckpointError as e:
+        raise SampleError(str(e)) from None
+    weights = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
+    slim = {"kind": MOTION_CKPT_KIND, "step": info["step"], "config": cfg.to_dict(), "ema": weights,
+            "exported_from": str(checkpoint)}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, lambda f: torch.save(slim, f))
+    _, reloaded, _ = load_motion_checkpoint(out)  # read back as its users will
+    return out, reloaded
 
 
 def export(
@@ -76,15 +116,39 @@ def export(
     ema: bool = typer.Option(True, "--ema/--raw", help="EMA weights (default) or the raw training weights."),
     float_ckpt: Optional[Path] = typer.Option(None, help="Also copy motion_autoencoder.* from this official "
                                                          "float.pth, so the official code finds every weight."),
+    motion_ckpt: Optional[Path] = typer.Option(None, help="Also write motion_autoencoder.* from this stage-1 "
+                                                          "checkpoint (floatctl train-motion): a complete float.pth "
+                                                          "trained here from scratch."),
+    half: bool = typer.Option(False, "--half", help="Stage-1 checkpoint given: store its weights in float16."),
 ) -> None:
-    """Write fmt.* and audio_encoder.audio_projection.* under the official names."""
+    """FMT checkpoint: write fmt.* and audio_encoder.audio_projection.* (+ motion_autoencoder.*) under the
+    official names. Stage-1 checkpoint: write a slim one (EMA weights, config, step) for --motion-ckpt."""
+    if _is_stage1(checkpoint):
+        try:
+            path, info = export_stage1(checkpoint, out, half)
+        except SampleError as e:
+            exit_with_error(str(e))
+            return
+        print(f"wrote {path}: stage-1 EMA weights of step {info['step']} ({path.stat().st_size / 1e6:.1f} MB, "
+              f"fingerprint {info['fingerprint']})")
+        return
     try:
-        report = export_official(checkpoint, out, ema, float_ckpt, log=lambda m: print(m, flush=True))
+        report = export_official(checkpoint, out, ema, float_ckpt, log=lambda m: print(m, flush=True),
+                                 motion_ckpt=motion_ckpt)
     except SampleError as e:
         exit_with_error(str(e))
         return
-    extra = f" + {report.motion_autoencoder_keys} motion_autoencoder.* from {float_ckpt}" \
-        if report.motion_autoencoder_keys else " (no motion_autoencoder.*: pass --float-ckpt for a complete file)"
+    extra = f" + {report.motion_autoencoder_keys} motion_autoencoder.* from {float_ckpt or motion_ckpt}" \
+        if report.motion_autoencoder_keys else (" (no motion_autoencoder.*: pass --float-ckpt or --motion-ckpt for "
+                                                "a complete file)")
     print(f"wrote {report.path}: {report.keys} tensors from the {report.weights.upper()} weights of step "
           f"{report.step}{extra}")
     print(f"read back into a fresh model:\n{report.load_report}")
+
+
+def _is_stage1(path: Path) -> bool:
+    try:
+        state = safe_torch_load(path)
+    except (CheckpointError, FileNotFoundError):
+        return False  # export_official reports the problem
+    return isinstance(state, dict) and state.get("kind") == MOTION_CKPT_KIND
