@@ -154,6 +154,6 @@ def test_sampling_refuses_a_stage1_checkpoint_naming_what_it_is(tmp_path):
     from trainer.checkpoints import load_sampling_model
     from trainer.errors import SampleError
 
-    stage1 = write_stage1_checkpoint(tmp_path / "stage1.pt", size=16)
+    stage1 = write_stage1_checkpoint(tmp_path / "stage1.pt", size=16, version=CHECKPOINT_VERSION)
     with pytest.raises(SampleError, match="stage-1 motion auto-encoder checkpoint.*--motion-ckpt"):
         load_sampling_model(stage1)

@@ -15,7 +15,7 @@ from float.model import FloatMotionModel
 from float.motion_autoencoder import MotionAutoEncoder
 from float.motion_checkpoint import MOTION_CKPT_KIND, load_motion_checkpoint
 from shards.files import atomic_write_bytes
-from trainer.checkpoints import Log, load_sampling_model
+from trainer.checkpoints import CHECKPOINT_VERSION, Log, load_sampling_model
 from trainer.errors import SampleError, exit_with_error
 
 
@@ -101,7 +101,7 @@ def export_stage1(checkpoint: str | Path, out: str | Path, half: bool = False) -
     except CheckpointError as e:
         raise SampleError(str(e)) from None
     weights = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
-    slim = {"kind": MOTION_CKPT_KIND, "step": info["step"], "config": cfg.to_dict(), "ema": weights,
+    slim = {"version": CHECKPOINT_VERSION, "kind": MOTION_CKPT_KIND, "step": info["step"], "config": cfg.to_dict(), "ema": weights,
             "exported_from": str(checkpoint)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
