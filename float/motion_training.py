@@ -119,7 +119,14 @@ def prepare_for_training(model: MotionAutoEncoder, mask_logit: float = 4.0) -> M
       the finest ToRGB maps them back, while the coarser ToRGBs start at zero.
     So the decoder's first output is the source frame itself; training then only
     has to learn the motion. Names and shapes are untouched (official layout).
+
+    The parameters the official forward never uses (``dec.to_rgb1.*``, every
+    ``noise.weight``: kept for the checkpoint's names) are frozen, so DDP does not
+    wait for gradients that never come.
     """
+    for name, parameter in model.named_parameters():
+        if name.startswith("dec.to_rgb1.") or name.endswith(".noise.weight"):
+            parameter.requires_grad_(False)
     for level, to_flow in enumerate(model.dec.to_flows):
         to_flow.conv.weight.zero_()
         to_flow.bias.zero_()

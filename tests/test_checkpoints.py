@@ -27,15 +27,15 @@ def test_roundtrip_rotation_and_latest_pointer(tmp_path):
         ckpt.save_checkpoint(tmp_path, make_state(step, value=step), step, keep=2)
     names = sorted(p.name for p in tmp_path.iterdir())
     # only the newest two are kept, no temporary file is left behind
-    assert names == ["latest", "step_00000030.pt", "step_00000040.pt"]
-    assert (tmp_path / "latest").read_text().strip() == "step_00000040.pt"
+    assert names == ["checkpoint_step_30.pt", "checkpoint_step_40.pt", "latest"]
+    assert (tmp_path / "latest").read_text().strip() == "checkpoint_step_40.pt"
     path, state = ckpt.find_resume_checkpoint(tmp_path)
-    assert path.name == "step_00000040.pt" and state["step"] == 40
+    assert path.name == "checkpoint_step_40.pt" and state["step"] == 40
     assert torch.equal(state["model"]["w"], torch.full((3, 4), 40.0))
     assert state["settings"]["overrides"] == {"depth": 2} and state["settings"]["resume"] is None
 
     final = ckpt.save_final(tmp_path, make_state(50))
-    assert final.name == ckpt.FINAL and (tmp_path / "latest").read_text().strip() == ckpt.FINAL
+    assert final.name == "final_step_50.pt" and (tmp_path / "latest").read_text().strip() == final.name
     assert ckpt.find_resume_checkpoint(tmp_path)[1]["step"] == 50
 
 
@@ -57,8 +57,8 @@ def test_truncated_checkpoint_is_named_and_auto_resume_falls_back(tmp_path):
 
     warnings = []
     path, state = ckpt.find_resume_checkpoint(tmp_path, warn=warnings.append)
-    assert path.name == "step_00000010.pt" and state["step"] == 10
-    assert len(warnings) == 1 and "step_00000020.pt" in warnings[0]
+    assert path.name == "checkpoint_step_10.pt" and state["step"] == 10
+    assert len(warnings) == 1 and "checkpoint_step_20.pt" in warnings[0]
     # an explicit path does not fall back: the user asked for that file
     with pytest.raises(ckpt.CheckpointError):
         ckpt.resolve_resume(str(newest), tmp_path)
@@ -117,7 +117,7 @@ def test_rng_states_survive_a_weights_only_roundtrip(tmp_path):
     state = make_state(1)  # captures the RNG states now
     expected = (torch.rand(5), np.random.rand(5), [random.random() for _ in range(5)])
     ckpt.save_checkpoint(tmp_path, state, 1)
-    loaded = ckpt.load_checkpoint(tmp_path / "step_00000001.pt")
+    loaded = ckpt.load_checkpoint(tmp_path / "checkpoint_step_1.pt")
     torch.manual_seed(99)
     np.random.seed(99)
     random.seed(99)
@@ -129,7 +129,7 @@ def test_rng_states_survive_a_weights_only_roundtrip(tmp_path):
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
-    target = tmp_path / "step_00000001.pt"
+    target = tmp_path / "checkpoint_step_1.pt"
     torch.save(make_state(1), target)
     before = target.read_bytes()
 
@@ -140,16 +140,48 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         ckpt.atomic_write_bytes(target, explode)
     assert target.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_step_1.pt"]
 
 
 def test_a_kill_between_file_and_pointer_loses_nothing(tmp_path):
     ckpt.save_checkpoint(tmp_path, make_state(10), 10)
     ckpt.save_checkpoint(tmp_path, make_state(20), 20)
     # as if killed after step_20 was renamed into place but before `latest` moved, mid-way through its write
-    ckpt.write_latest_pointer(tmp_path, "step_00000010.pt")
+    ckpt.write_latest_pointer(tmp_path, "checkpoint_step_10.pt")
     (tmp_path / ".latest.tmp-999999").write_bytes(b"step_000")
     path, state = ckpt.find_resume_checkpoint(tmp_path)
-    assert path.name == "step_00000020.pt" and state["step"] == 20
+    assert path.name == "checkpoint_step_20.pt" and state["step"] == 20
     ckpt.save_checkpoint(tmp_path, make_state(30), 30)  # the next save clears the dead writer's leftovers
     assert not list(tmp_path.glob(".*.tmp-*"))
+
+
+def test_auto_resume_takes_the_newest_step_final_or_periodic(tmp_path):
+    # A finished 1,000-step run, extended to 3,000 and killed at 2,700: continue from 2,700, not 1,000.
+    ckpt.save_final(tmp_path, make_state(1000))
+    for step in (2500, 2700):
+        ckpt.save_checkpoint(tmp_path, make_state(step), step)
+    path, state = ckpt.find_resume_checkpoint(tmp_path)
+    assert path.name == "checkpoint_step_2700.pt" and state["step"] == 2700
+    # The same step as final and periodic: the final one (it holds the finished run's last word).
+    ckpt.save_checkpoint(tmp_path, make_state(3000), 3000)
+    ckpt.save_final(tmp_path, make_state(3000))
+    assert [p.name for p in ckpt.resume_candidates(tmp_path)][:3] == [
+        "final_step_3000.pt", "checkpoint_step_3000.pt", "checkpoint_step_2700.pt"]
+    assert ckpt.latest_checkpoint(tmp_path).name == "final_step_3000.pt"
+
+
+def test_runs_written_with_the_old_names_still_resume(tmp_path):
+    import torch as _torch
+
+    _torch.save(make_state(5), tmp_path / "step_00000005.pt")
+    _torch.save(make_state(8), tmp_path / "final.pt")
+    _torch.save(make_state(7), tmp_path / "step_00000007.pt")
+    assert [p.name for p in ckpt.resume_candidates(tmp_path)] == ["final.pt", "step_00000007.pt",
+                                                                   "step_00000005.pt"]
+    ckpt.save_checkpoint(tmp_path, make_state(9), 9)
+    assert ckpt.find_resume_checkpoint(tmp_path)[1]["step"] == 9
+
+
+def test_latest_checkpoint_of_an_empty_folder_is_refused(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint"):
+        ckpt.latest_checkpoint(tmp_path)

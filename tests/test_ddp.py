@@ -71,10 +71,10 @@ def test_two_ranks_read_disjoint_shards_and_stay_in_step(tmp_path):
     for part in ("model", "ema"):
         for name, value in weights[0][part].items():
             assert torch.equal(value, weights[1][part][name]), f"ranks differ in {part}.{name}"
-    final = ckpt.load_checkpoint(run / "checkpoints" / "final.pt")
+    final = ckpt.load_checkpoint(ckpt.latest_checkpoint(run))
     assert final["world_size"] == 2 and len(final["stream"]["ranks"]) == 2
     assert final["stream"]["ranks"][0]["rank"] == 0 and final["stream"]["ranks"][1]["rank"] == 1
-    start = torch.load(run / "checkpoints" / "step_00000002.pt", weights_only=True)["model"]
+    start = torch.load(run / "checkpoints" / "checkpoint_step_2.pt", weights_only=True)["model"]
     assert any(not torch.equal(start[k], final["model"][k]) for k in start), "training did not move the weights"
     # only rank 0 logs
     train_logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -124,7 +124,7 @@ def video_info(path: Path) -> dict:
 def test_sample_with_no_option_renders_held_out_clips_and_reports_errors(run):
     result = cli(["sample", run["ckpt"]])
     assert result.exit_code == 0, result.output
-    out = run["ckpt"].parent.parent / "samples" / "final"  # runs/NAME/samples/<ckpt-stem>
+    out = run["ckpt"].parent.parent / "samples" / run["ckpt"].stem  # runs/NAME/samples/<ckpt-stem>
     truth = read_split(run["shards"], "test")
     assert len(truth) == 2
     metrics = json.loads((out / "metrics.json").read_text())
@@ -307,7 +307,7 @@ def test_sample_a_checkpoint_written_by_the_training_loop(run, tmp_path):
     # The checkpoint records its shard folder: no --data-root needed.
     out = cli(["sample", result.final_checkpoint, "--clips", 1, "--nfe", 2, "--no-render"])
     assert out.exit_code == 0, out.output
-    assert (tmp_path / "run" / "samples" / "final" / "metrics.json").is_file()
+    assert (tmp_path / "run" / "samples" / result.final_checkpoint.stem / "metrics.json").is_file()
 
 
 def test_emotion_auto_uses_the_speech_emotion_model(run, face_png, tmp_path, ref_dir):

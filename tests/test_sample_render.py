@@ -15,7 +15,7 @@ def _setup(tmp_path):
     g = torch.Generator().manual_seed(0)
     record = {"keys": [key, "not-a-clip"], "motion": 0.01 * torch.randn(2, 3, 512, generator=g),
               "target": 0.01 * torch.randn(2, 3, 512, generator=g), "step": 10}
-    path = tmp_path / "samples" / "step_00000010.pt"
+    path = tmp_path / "samples" / "sample_step_10.pt"
     path.parent.mkdir()
     torch.save(record, path)
     return manifest, key, path

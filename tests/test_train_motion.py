@@ -59,6 +59,8 @@ def test_the_training_start_reconstructs_the_source_frame():
         recon = model(x, y)  # the motion is ignored at the start: the source comes through
     inner = (..., slice(2, -2), slice(2, -2))  # the official sampling grid half-fades the outermost pixels
     assert psnr(recon[inner], x[inner]).min() > 30.0
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith("dec.to_rgb1.") or n.endswith("noise.weight") for n in frozen)
     plain = MotionAutoEncoder(SIZE, 512, 20, 0.125)(x, y).detach()
     assert psnr(plain[inner], x[inner]).max() < 15.0  # the StyleGAN2 initialisation starts at noise
 
@@ -113,13 +115,13 @@ def test_killed_run_resumes_to_the_same_weights(crops, tmp_path):
         time.sleep(0.01)
     part.send_signal(signal.SIGKILL)
     part.wait(timeout=30)
-    assert marker.exists() and not (tmp_path / "cut" / "checkpoints" / "final.pt").exists()
+    assert marker.exists() and not list((tmp_path / "cut" / "checkpoints").glob("final*"))
     # ... and continued.
     resumed = subprocess.run(cli(crops, tmp_path / "cut", *args, "--resume", "auto"), cwd=REPO, env=env(),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-2000:]
-    a = ckpt.load_checkpoint(tmp_path / "whole" / "checkpoints" / "final.pt")
-    b = ckpt.load_checkpoint(tmp_path / "cut" / "checkpoints" / "final.pt")
+    a = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "whole"))
+    b = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "cut"))
     for part_name in ("model", "ema", "discriminator"):
         for name, tensor in a[part_name].items():
             assert torch.equal(tensor, b[part_name][name]), f"{part_name}.{name} differs after resume"

@@ -111,10 +111,10 @@ def test_short_run_learns_and_uses_the_audio(shards, tmp_path):
     result = train(settings(shards, tmp_path / "run", steps=300, batch_size=8, log_step=100, val_step=150,
                             sample_step=300, save_step=150, tensorboard=True), samples_hook=seen.append)
     run = tmp_path / "run"
-    assert result.step == 300 and result.final_checkpoint == run / "checkpoints" / "final.pt"
+    assert result.step == 300 and result.final_checkpoint == run / "checkpoints" / "final_step_300.pt"
     assert (run / "config.json").is_file() and json.loads((run / "config.json").read_text())["config"]["depth"] == 1
-    assert (run / "checkpoints" / "step_00000150.pt").is_file()
-    assert (run / "checkpoints" / "latest").read_text().strip() == "final.pt"
+    assert (run / "checkpoints" / "checkpoint_step_150.pt").is_file()
+    assert (run / "checkpoints" / "latest").read_text().strip() == "final_step_300.pt"
     assert any((run / "tb").iterdir())
 
     train_logs = read_metrics(run, "train")
@@ -131,7 +131,7 @@ def test_short_run_learns_and_uses_the_audio(shards, tmp_path):
     assert val[-1]["gen_l1_audio"] < 0.9 * val[-1]["gen_l1_no_audio"], "generation ignores the audio"
 
     # motion samples: saved, announced through the hook, loadable without pickle
-    assert seen == [run / "samples" / "step_00000300.pt"]
+    assert seen == [run / "samples" / "sample_step_300.pt"]
     sample = torch.load(seen[0], weights_only=True)
     assert sample["motion"].shape == sample["target"].shape == (4, 50, DIM_W)
     assert torch.isfinite(sample["motion"]).all() and sample["step"] == 300 and len(sample["keys"]) == 4
@@ -158,7 +158,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:
 
 
 def final_weights(run: Path) -> dict:
-    state = ckpt.load_checkpoint(run / "checkpoints" / "final.pt")
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run))
     return {"model": state["model"], "ema": state["ema"], "optimizer": state["optimizer"]["state"]}
 
 
@@ -172,11 +172,11 @@ def test_sigkilled_run_resumes_to_bitwise_identical_weights(shards, tmp_path):
     killed_dir = tmp_path / "killed"
     proc = subprocess.Popen(cli_command(shards, killed_dir, *steps), cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(killed_dir / "checkpoints" / "step_00000020.pt", proc)
+    wait_for(killed_dir / "checkpoints" / "checkpoint_step_20.pt", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    assert not (killed_dir / "checkpoints" / "final.pt").exists(), "the run finished before it was killed"
+    assert not list((killed_dir / "checkpoints").glob("final*")), "the run finished before it was killed"
 
     resumed = subprocess.run(cli_command(shards, killed_dir, *steps, "--resume", "auto"), cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=180)
@@ -197,14 +197,14 @@ def test_sigterm_saves_a_checkpoint_then_exits(shards, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(cli_command(shards, run, "--steps", "100000", "--save-step", "10"), cwd=REPO,
                             env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(run / "checkpoints" / "step_00000010.pt", proc)
+    wait_for(run / "checkpoints" / "checkpoint_step_10.pt", proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "stopped by SIGTERM" in out
     path, state = ckpt.find_resume_checkpoint(run / "checkpoints")
     assert state["step"] > 10 and path.name == ckpt.step_filename(state["step"])
-    assert not (run / "checkpoints" / "final.pt").exists()
+    assert not list((run / "checkpoints").glob("final*"))
 
 
 # ---------------------------------------------------------------- non-finite losses
@@ -238,10 +238,10 @@ def test_many_non_finite_losses_in_a_row_stop_the_run_keeping_the_last_good_chec
     run = tmp_path / "run"
     with pytest.raises(TrainingError, match="3 non-finite losses in a row") as err:
         train(settings(shards, run, steps=50, save_step=4, max_nonfinite=3), loss_fn=nan_after(10))
-    assert "step_00000008.pt" in str(err.value)
-    assert not (run / "checkpoints" / "final.pt").exists()
+    assert "checkpoint_step_8.pt" in str(err.value)
+    assert not list((run / "checkpoints").glob("final*"))
     path, state = ckpt.find_resume_checkpoint(run / "checkpoints")
-    assert path.name == "step_00000008.pt"
+    assert path.name == "checkpoint_step_8.pt"
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
@@ -327,7 +327,7 @@ def test_checkpoint_from_another_config_lists_the_differences(shards, tmp_path):
 def test_truncated_and_pickle_checkpoints_on_resume(shards, tmp_path):
     run = tmp_path / "run"
     train(settings(shards, run, steps=6, save_step=3))
-    final = run / "checkpoints" / "final.pt"
+    final = run / "checkpoints" / "final_step_6.pt"
     data = final.read_bytes()
     final.write_bytes(data[: len(data) // 3])
 
@@ -338,7 +338,7 @@ def test_truncated_and_pickle_checkpoints_on_resume(shards, tmp_path):
 
     result = run_cli(base + ["--steps", "8", "--resume", "auto"])
     assert result.exit_code == 0, result.output
-    assert "skipping" in result.output and "resumed from" in result.output and "step_00000003.pt" in result.output
+    assert "skipping" in result.output and "resumed from" in result.output and "checkpoint_step_3.pt" in result.output
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"

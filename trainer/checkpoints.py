@@ -1,10 +1,11 @@
 """Training checkpoints: atomic writes, a `latest` pointer, rotation, safe loading, and the model of a
 checkpoint (with the shards it was trained on) for sampling and export.
 
-Layout inside ``runs/NAME/checkpoints/``:
-  step_00001000.pt ...   the last K periodic checkpoints
-  latest                 text file naming the newest good checkpoint
-  final.pt               written when the run completes
+Layout inside ``runs/NAME/checkpoints/`` (the names the seed's README promised):
+  checkpoint_step_1000.pt ...   the last K periodic checkpoints
+  final_step_3000.pt            written when a run completes (an extended run adds another)
+  latest                        text file naming the newest good checkpoint
+Runs written before these names (``step_00001000.pt``, ``final.pt``) still resume and sample.
 
 A checkpoint is a dict of tensors and plain Python values only (config and
 settings as dicts, RNG states as tensors/lists), so it loads with
@@ -36,13 +37,25 @@ from trainer.errors import SampleError
 
 CHECKPOINT_VERSION = 1
 LATEST = "latest"
-FINAL = "final.pt"
-STEP_NAME = re.compile(r"^step_(\d{8})\.pt$")
+LEGACY_FINAL = "final.pt"  # step unknown from the name: read from the file when needed
+# (periodic?, step) from a file name; the legacy names first came with 8-digit steps
+STEP_NAME = re.compile(r"^(?:checkpoint_step_(\d+)|step_(\d{8}))\.pt$")
+FINAL_NAME = re.compile(r"^final_step_(\d+)\.pt$")
 REQUIRED_KEYS = ("version", "step", "model", "config")
 
 
 def step_filename(step: int) -> str:
-    return f"step_{step:08d}.pt"
+    return f"checkpoint_step_{step}.pt"
+
+
+def final_filename(step: int) -> str:
+    return f"final_step_{step}.pt"
+
+
+def step_of_name(name: str) -> int | None:
+    """The step a periodic or final checkpoint's file name carries (None for other files and final.pt)."""
+    m = STEP_NAME.match(name) or FINAL_NAME.match(name)
+    return None if m is None else int(next(g for g in m.groups() if g is not None))
 
 
 # ---------------------------------------------------------------- RNG states
@@ -85,7 +98,7 @@ def write_latest_pointer(ckpt_dir: Path, name: str) -> None:
 
 
 def save_checkpoint(ckpt_dir: str | Path, state: dict, step: int, keep: int = 3) -> Path:
-    """Save ``state`` as step_<step>.pt, point ``latest`` at it, keep the newest ``keep`` (0 = all)."""
+    """Save ``state`` as checkpoint_step_<step>.pt, point ``latest`` at it, keep the newest ``keep`` (0 = all)."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(ckpt_dir)
@@ -102,7 +115,7 @@ def save_checkpoint(ckpt_dir: str | Path, state: dict, step: int, keep: int = 3)
 def save_final(ckpt_dir: str | Path, state: dict) -> Path:
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    path = ckpt_dir / FINAL
+    path = ckpt_dir / final_filename(int(state["step"]))
     atomic_write_bytes(path, lambda f: torch.save(state, f))
     write_latest_pointer(ckpt_dir, path.name)
     return path
@@ -130,27 +143,59 @@ def list_step_checkpoints(ckpt_dir: str | Path) -> list[Path]:
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := STEP_NAME.match(p.name))]
+    found = [(step_of_name(p.name), p) for p in ckpt_dir.iterdir() if STEP_NAME.match(p.name)]
     return [p for _, p in sorted(found)]
 
 
-def resume_candidates(ckpt_dir: str | Path) -> list[Path]:
-    """Checkpoints to try for ``--resume auto``, best first: final.pt, then the step files newest first.
+def _legacy_final_step(path: Path) -> int:
+    try:
+        return int(load_checkpoint(path)["step"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return -1  # unreadable: tried last, and skipped with a warning then
 
-    Ordered by step rather than by the `latest` pointer: a run killed between writing a checkpoint and
-    updating the pointer leaves a complete newer file, which should not be thrown away."""
+
+def resume_candidates(ckpt_dir: str | Path) -> list[Path]:
+    """Checkpoints to try for ``--resume auto``, best first: by step, newest first, a final one before a
+    periodic one of the same step.
+
+    By step, not by kind: a finished 1,000-step run extended to 3,000 and killed at 2,700 resumes from
+    its step-2,700 checkpoint, not from the old final one. Not by the `latest` pointer either: a run
+    killed between writing a checkpoint and updating the pointer leaves a complete newer file."""
     ckpt_dir = Path(ckpt_dir)
-    ordered: list[Path] = []
-    final = ckpt_dir / FINAL
-    if final.is_file():
-        ordered.append(final)
-    ordered += list(reversed(list_step_checkpoints(ckpt_dir)))
+    if not ckpt_dir.is_dir():
+        return []
+    ranked: list[tuple[int, int, Path]] = []
+    for path in ckpt_dir.iterdir():
+        if FINAL_NAME.match(path.name):
+            ranked.append((step_of_name(path.name), 1, path))
+        elif STEP_NAME.match(path.name):
+            ranked.append((step_of_name(path.name), 0, path))
+        elif path.name == LEGACY_FINAL and path.is_file():
+            ranked.append((_legacy_final_step(path), 1, path))
+    ordered = [p for _, _, p in sorted(ranked, key=lambda r: (r[0], r[1]), reverse=True)]
     pointer = ckpt_dir / LATEST
     if pointer.is_file():  # a checkpoint under another name that the pointer was set to by hand
         name = pointer.read_text().strip()
         if name and "/" not in name and (ckpt_dir / name).is_file() and ckpt_dir / name not in ordered:
             ordered.append(ckpt_dir / name)
     return ordered
+
+
+def latest_checkpoint(folder: str | Path) -> Path:
+    """A run folder or its checkpoints folder -> the checkpoint its `latest` pointer names (else the
+    newest by step); CheckpointError when there is none."""
+    folder = Path(folder)
+    ckpt_dir = folder / "checkpoints" if (folder / "checkpoints").is_dir() else folder
+    pointer = ckpt_dir / LATEST
+    if pointer.is_file():
+        name = pointer.read_text().strip()
+        if name and "/" not in name and (ckpt_dir / name).is_file():
+            return ckpt_dir / name
+    candidates = resume_candidates(ckpt_dir)
+    if not candidates:
+        raise CheckpointError(f"{folder}: no checkpoint in it (expected {step_filename(1000)} or "
+                              f"{final_filename(1000)}-style files, or a `latest` pointer)")
+    return candidates[0]
 
 
 def find_resume_checkpoint(ckpt_dir: str | Path, warn: Callable[[str], None] = print) -> tuple[Path, dict] | None:
@@ -217,9 +262,13 @@ def checkpoint_weights(state: dict, path: Path, use_ema: bool = True, log: Log =
 
 def load_sampling_model(path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu",
                         log: Log = print) -> SamplingModel:
-    """The FloatMotionModel of a training checkpoint (EMA weights by default), in eval mode on ``device``."""
+    """The FloatMotionModel of a training checkpoint (EMA weights by default), in eval mode on ``device``.
+
+    ``path`` may also be a run folder or its checkpoints folder: its latest checkpoint is taken."""
     path = Path(path)
     try:
+        if path.is_dir():
+            path = latest_checkpoint(path)
         state = load_checkpoint(path)
     except CheckpointError as e:
         raise SampleError(str(e)) from None

@@ -104,7 +104,7 @@ class FMTStage:
     def save_samples(self, step: int) -> None:
         run = self.run
         path = save_motion_samples(run.ema.shadow, self.val_batches[0],
-                                   run.run_dir / "samples" / f"step_{step:08d}.pt", step, run.s.sample_count,
+                                   run.run_dir / "samples" / f"sample_step_{step}.pt", step, run.s.sample_count,
                                    nfe=run.s.val_nfe, seed=run.s.seed)
         self.samples_hook(path)
 
