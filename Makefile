@@ -44,7 +44,7 @@ train: install
 		--log-step 100 --val-step 500 --save-step 500 --sample-step 500
 
 sample: install
-	$(FLOATCTL) sample $(RUN)/checkpoints/final.pt
+	$(FLOATCTL) sample $(RUN)
 
 # The end-to-end job on the built-in default: synthetic shards, training, samples.
 demo: shards train sample

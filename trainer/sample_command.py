@@ -337,7 +337,7 @@ def _run_sample(o: SampleOptions, log: Callable[[str], None]) -> SampleResult:
 
 
 def sample(
-    checkpoint: Path = typer.Argument(..., help="Training checkpoint, e.g. runs/NAME/checkpoints/final.pt."),
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (runs/NAME/checkpoints/final_step_N.pt) or a run folder (its latest checkpoint)."),
     audio: Optional[Path] = typer.Option(None, help="New speech: wav, mp3, flac, or a video's audio track "
                                                     "(with --image)."),
     image: Optional[Path] = typer.Option(None, help="New reference portrait of any size (with --audio)."),
