@@ -41,6 +41,7 @@ LEGACY_FINAL = "final.pt"  # step unknown from the name: read from the file when
 # (periodic?, step) from a file name; the legacy names first came with 8-digit steps
 STEP_NAME = re.compile(r"^(?:checkpoint_step_(\d+)|step_(\d{8}))\.pt$")
 FINAL_NAME = re.compile(r"^final_step_(\d+)\.pt$")
+BEST_NAME = re.compile(r"^best_step_(\d+)\.pt$")  # --early-stop's best weights; never a resume point
 REQUIRED_KEYS = ("version", "step", "model", "config")
 
 
@@ -119,6 +120,24 @@ def save_final(ckpt_dir: str | Path, state: dict) -> Path:
     atomic_write_bytes(path, lambda f: torch.save(state, f))
     write_latest_pointer(ckpt_dir, path.name)
     return path
+
+
+def save_best(ckpt_dir: str | Path, state: dict) -> Path:
+    """The best validated state as best_step_<step>.pt, replacing the previous best (``latest`` is untouched:
+    training resumes from the newest state, not the best)."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / f"best_step_{int(state['step'])}.pt"
+    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    for old in ckpt_dir.iterdir():
+        if BEST_NAME.match(old.name) and old != path:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def best_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    found = [p for p in Path(ckpt_dir).glob("best_step_*.pt") if BEST_NAME.match(p.name)]
+    return found[0] if found else None
 
 
 # ---------------------------------------------------------------- reading

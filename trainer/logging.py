@@ -1,12 +1,14 @@
-"""Run logging: console lines, ``metrics.jsonl``, TensorBoard and a tqdm progress bar.
+"""Run logging: console lines, ``metrics.jsonl``, TensorBoard, optionally Weights & Biases, and a tqdm bar.
 
 Only rank 0 logs (``enabled=False`` on the others), so a DDP run writes one
 metrics file and one set of curves.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,12 +33,14 @@ def _format_value(key: str, value: float) -> str:
 
 class RunLogger:
     def __init__(self, run_dir: str | Path, enabled: bool = True, total_steps: int = 0, start_step: int = 0,
-                 tensorboard: bool = True, progress: bool | None = None):
+                 tensorboard: bool = True, progress: bool | None = None, wandb: dict | None = None):
+        """``wandb``: None, or the run's settings to start a Weights & Biases run with (see _start_wandb)."""
         self.enabled = enabled
         self.run_dir = Path(run_dir)
         self._writer = None
         self._bar = None
         self._jsonl = None
+        self._wandb = None
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -45,11 +49,28 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter  # slow import, only on rank 0
 
             self._writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR))
+        if wandb is not None:
+            self._wandb = self._start_wandb(wandb)
         if progress is None:
             progress = sys.stderr.isatty()
         if progress and total_steps > 0:
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                              file=sys.stderr)
+
+    def _start_wandb(self, config: dict):
+        """A Weights & Biases run in this run folder, or None (with a warning) when wandb is not installed.
+
+        Offline unless WANDB_MODE says otherwise: nothing here needs a network, and
+        ``wandb sync runs/NAME/wandb/offline-run-*`` uploads the run later."""
+        try:
+            import wandb
+        except ImportError:
+            self.info("warning: --wandb: the wandb package is not installed (pip install 'float-train[wandb]'); "
+                      "logging to metrics.jsonl and TensorBoard only")
+            return None
+        return wandb.init(project=os.environ.get("WANDB_PROJECT", "float-train"), name=self.run_dir.name,
+                          dir=str(self.run_dir), config=config, mode=os.environ.get("WANDB_MODE", "offline"),
+                          resume="allow", id=_wandb_id(self.run_dir))
 
     def info(self, message: str) -> None:
         if not self.enabled:
@@ -71,6 +92,8 @@ class RunLogger:
         if self._writer is not None:
             for k, v in clean.items():
                 self._writer.add_scalar(f"{split}/{k}", v, step)
+        if self._wandb is not None:
+            self._wandb.log({f"{split}/{k}": v for k, v in clean.items()}, step=step)
 
     def advance(self, step: int, postfix: dict[str, float] | None = None) -> None:
         """Move the progress bar to ``step``."""
@@ -90,6 +113,14 @@ class RunLogger:
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def _wandb_id(run_dir: Path) -> str:
+    """One W&B run id per run folder, so a resumed run continues its curves."""
+    return "float-" + hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:12]
 
 
 def read_metrics(run_dir: str | Path, split: str | None = None) -> list[dict]:

@@ -10,7 +10,8 @@ the stages lives in the ``stage`` object (``trainer/train_fmt.py``,
 - ``after_step(step) -> {name: float}``: work after the model's optimizer step
   (the stage-1 discriminator's update), empty for the FMT;
 - ``evaluate(step) -> metrics``, ``save_samples(step)``, ``has_val``;
-- ``checkpoint_extra() -> dict`` and the ``"kind"`` recorded in checkpoints.
+- ``checkpoint_extra() -> dict`` and the ``"kind"`` recorded in checkpoints;
+- ``score_key``, ``score_sign``: the validation metric early stopping watches (sign +1: lower is better).
 
 Exact resume. Every random draw of a step comes from a generator seeded by
 (seed, rank, step, micro-batch), so a step is a pure function of the weights, the
@@ -51,6 +52,7 @@ class TrainResult:
     last_val: dict
     model: nn.Module | None = None  # the trained (raw) model of this rank
     ema_model: nn.Module | None = None
+    best_checkpoint: Path | None = None  # with --early-stop: the best validated weights
 
 
 def set_lr(run: Run, step: int) -> float:
@@ -68,7 +70,7 @@ def checkpoint_state(run: Run, stage, step: int, stream: dict | None = None) -> 
         "model": run.model.state_dict(), "ema": run.ema.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict(), "rng": ckpt.capture_rng_state(), "stream": {"ranks": streams},
         "config": run.cfg.to_dict(), "settings": dataclasses.asdict(run.s), "schedule": dict(run.schedule),
-        "counters": {"nonfinite": run.nonfinite_total}, "world_size": run.info.world_size,
+        "counters": dict(run.counters), "world_size": run.info.world_size,
         **stage.checkpoint_extra(),
     }
 
@@ -123,7 +125,7 @@ def _log_window(run: Run, stage, step: int, window: dict, samples_per_step: int)
                        "grad_norm": window["grad"] / good,
                        "samples_per_s": window["steps"] * samples_per_step / elapsed,
                        "data_wait_fraction": window["wait"] / elapsed,
-                       "nonfinite_steps": run.nonfinite_total, "skipped_clips": run.loader.skipped})
+                       "nonfinite_steps": run.counters["nonfinite"], "skipped_clips": run.loader.skipped})
 
 
 def _skip_bad_step(run: Run, step: int, consecutive_bad: int) -> None:
@@ -131,13 +133,53 @@ def _skip_bad_step(run: Run, step: int, consecutive_bad: int) -> None:
     run.optimizer.zero_grad(set_to_none=True)
     if run.scaler.is_enabled():
         run.scaler.update()  # an fp16 overflow shrinks the loss scale
-    run.nonfinite_total += 1
+    run.counters["nonfinite"] += 1
     if consecutive_bad >= run.s.max_nonfinite:
         good = ckpt.resume_candidates(run.run_dir / "checkpoints")
         raise TrainingError(
             f"{consecutive_bad} non-finite losses in a row (up to step {step + 1}): the run stopped "
             f"without saving; the last good checkpoint is {good[0] if good else 'none (none saved yet)'}. "
             f"Try a lower --lr, --precision fp32, or check the shards for bad values.")
+
+
+class EarlyStop:
+    """--early-stop PATIENCE: the best validation score so far and how many validations since it improved.
+
+    Its state lives in ``run.counters["early_stop"]``, so it is saved with every checkpoint and a
+    resumed run keeps counting where it stopped."""
+
+    def __init__(self, run: Run, stage):
+        self.run, self.patience = run, run.s.early_stop
+        self.key, self.sign = stage.score_key, stage.score_sign
+        self.state = run.counters.setdefault("early_stop", {"best": None, "best_step": None, "stale": 0})
+
+    def update(self, step: int, metrics: dict) -> tuple[bool, bool]:
+        """(improved, patience exhausted) after a validation on the main rank."""
+        value = self.sign * float(metrics[self.key])
+        best = self.state["best"]
+        if best is None or value < best:
+            self.state.update(best=value, best_step=step, stale=0)
+            return True, False
+        self.state["stale"] += 1
+        return False, self.state["stale"] >= self.patience
+
+    def agree(self, improved: bool, exhausted: bool) -> tuple[bool, bool]:
+        """Every rank takes the main rank's decision (only it validates)."""
+        flags = torch.tensor([float(improved), float(exhausted)], device=self.run.device)
+        improved, exhausted = (bool(v) for v in all_reduce_max(flags, self.run.info).tolist())
+        return improved, exhausted
+
+    def describe(self, path: Path | None) -> str:
+        value = self.sign * self.state["best"] if self.state["best"] is not None else float("nan")
+        return (f"best {self.key} {value:.4g} at step {self.state['best_step']}"
+                + (f": {path}" if path is not None else ""))
+
+
+def save_best(run: Run, stage, step: int) -> Path | None:
+    state = checkpoint_state(run, stage, step)
+    path = ckpt.save_best(run.run_dir / "checkpoints", state) if run.info.is_main else None
+    barrier(run.info)
+    return path
 
 
 def run_loop(run: Run, stage) -> TrainResult:
@@ -149,12 +191,20 @@ def run_loop(run: Run, stage) -> TrainResult:
     window = _new_window(run, stage)
     validating = info.is_main and stage.has_val and s.val_step > 0
     sampling = info.is_main and stage.has_val and s.sample_step > 0
+    early = EarlyStop(run, stage) if s.early_stop > 0 and s.val_step > 0 else None
+    best_checkpoint = ckpt.best_checkpoint(run.run_dir / "checkpoints") if early else None
+    if early is not None and not stage.has_val and info.is_main:
+        log.info("warning: --early-stop needs validation data; no val split, so the run goes to --steps")
     stop = StopFlag()
     stop.install()
     try:
         batches = iter(run.loader)
         if step == 0 and validating:
             last_val = stage.evaluate(0)  # the baseline the curve falls from
+        if step == 0 and early is not None:
+            improved, _ = early.agree(*(early.update(0, last_val) if validating else (False, False)))
+            if improved:
+                best_checkpoint = save_best(run, stage, 0)
         run.train_model.train()
         while step < s.steps:
             stream_before = run.loader.state_dict()
@@ -196,14 +246,23 @@ def run_loop(run: Run, stage) -> TrainResult:
                 _log_window(run, stage, step, window, samples_per_step)
                 window = _new_window(run, stage)
             paused = time.perf_counter()  # validation, samples and saving are not training time
+            exhausted = False
             if validating and step % s.val_step == 0:
                 last_val = stage.evaluate(step)
+            if early is not None and step % s.val_step == 0:
+                improved, exhausted = early.agree(*(early.update(step, last_val) if validating else (False, False)))
+                if improved:
+                    best_checkpoint = save_best(run, stage, step)
             if sampling and step % s.sample_step == 0:
                 stage.save_samples(step)
             if stop_now:
                 stopped_by = signal.Signals(stop.signum).name if stop.signum else "a signal on another rank"
                 save(run, stage, step)
                 log.info(f"stopped by {stopped_by} at step {step}; continue with --resume auto")
+                break
+            if exhausted:
+                log.info(f"early stop at step {step}: {s.early_stop} validations without a better "
+                         f"{early.key}; {early.describe(best_checkpoint)}")
                 break
             if s.save_step > 0 and step % s.save_step == 0 and step < s.steps:
                 save(run, stage, step)
@@ -212,8 +271,10 @@ def run_loop(run: Run, stage) -> TrainResult:
             final_path = save(run, stage, step, final=True)
             if validating and step % s.val_step != 0:
                 last_val = stage.evaluate(step)
+            if early is not None and early.state["best"] is not None:
+                log.info(f"{early.describe(best_checkpoint)}")
     finally:
         stop.restore()
         log.close()
-    return TrainResult(run.run_dir, step, final_path, stopped_by, run.nonfinite_total, last_val, run.model,
-                       run.ema.shadow)
+    return TrainResult(run.run_dir, step, final_path, stopped_by, run.counters["nonfinite"], last_val, run.model,
+                       run.ema.shadow, best_checkpoint)

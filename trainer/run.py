@@ -8,6 +8,7 @@ checkpoint's training state, and assemble a ``Run`` for ``trainer.loop``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -140,7 +141,15 @@ def configure_numerics(s, device: torch.device) -> tuple[torch.dtype | None, boo
 
 def open_logger(s, run_dir: Path, info: DistInfo, start_step: int) -> RunLogger:
     return RunLogger(run_dir, enabled=info.is_main, total_steps=s.steps, start_step=start_step,
-                     tensorboard=s.tensorboard, progress=s.progress)
+                     tensorboard=s.tensorboard, progress=s.progress,
+                     wandb=dataclasses.asdict(s) if s.wandb else None)
+
+
+def saved_counters(resumed: tuple[Path, dict] | None) -> dict:
+    """The run's counters (non-finite steps, early-stopping state) as a checkpoint left them."""
+    counters = dict(resumed[1].get("counters") or {}) if resumed else {}
+    counters["nonfinite"] = int(counters.get("nonfinite", 0))
+    return counters
 
 
 def make_optimizer(params, lr: float, weight_decay: float, betas=(0.9, 0.999)) -> torch.optim.Optimizer:
@@ -179,7 +188,7 @@ class Run:
     loader: object  # iterable of batches with state_dict / load_state_dict / skipped
     schedule: dict  # {"lr", "warmup"}: kept by a resumed run
     start_step: int = 0
-    nonfinite_total: int = 0
+    counters: dict = field(default_factory=lambda: {"nonfinite": 0})  # saved with every checkpoint
     extra: dict = field(default_factory=dict)  # the stage's own checkpoint entries (fingerprints...)
 
     @property

@@ -32,6 +32,8 @@ def opt(default: Any, help: str, *decls: str, cli: bool = True, factory: Callabl
 class CommonSettings:
     """Options shared by both training stages; None / -1 mean "pick a default for the device" (printed)."""
 
+    config: Optional[str] = opt(None, "YAML or JSON file of options (names as on the command line, `set:` for "
+                                      "model settings); options given on the command line win over it.")
     data_root: str = opt("data/shards", "Shard folder holding manifest.json.")
     out: Optional[str] = opt(None, "Run folder (default: runs/<stage>-<preset>).")
     preset: Optional[str] = opt(None, "paper, small or tiny (default: paper on CUDA, tiny on CPU).")
@@ -61,6 +63,10 @@ class CommonSettings:
     max_nonfinite: int = opt(20, "Stop after this many non-finite losses in a row.")
     progress: Optional[bool] = opt(None, "tqdm bar (default: on a terminal).", "--progress/--no-progress")
     tensorboard: bool = opt(True, "Write TensorBoard curves.", cli=False)
+    early_stop: int = opt(0, "Stop when the validation score has not improved for this many validations in a "
+                             "row (0: never); the best checkpoint is kept as best_step_N.pt and named.")
+    wandb: bool = opt(False, "Also log to Weights & Biases (optional package; offline unless WANDB_MODE is set).",
+                      "--wandb")
 
 
 @dataclass
@@ -70,6 +76,7 @@ class TrainSettings(CommonSettings):
     val_step: int = opt(1000, "Validation loss and generation error every N steps (0: never).")
     sample_step: int = opt(5000, "Save sampled motion of val windows (rendered to video) every N steps (0: never).")
     init: Optional[str] = opt(None, "Official float.pth: start from its fmt.* and audio projection.")
+    loss_weights: str = opt("1,1,1", "Weights of the loss terms current,preceding,velocity (0 switches one off).")
     normalize_motion: str = opt(
         "auto", "Standardise motion latents per dimension with train-shard statistics (stored in the "
                 "checkpoint): auto = when the shards' motion encoder had random weights; on; off (raw "
@@ -97,11 +104,60 @@ def parse_override(text: str) -> tuple[str, object]:
         return key, value
 
 
+def read_config_file(path: str, settings_cls: type) -> dict:
+    """{field: value} from a YAML / JSON options file; ``set`` (a mapping) becomes ``overrides``."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(open(path).read())  # YAML is a superset of JSON
+    except OSError as e:
+        raise SettingsError(f"--config {path}: cannot read it ({e.strerror or e})") from None
+    except yaml.YAMLError as e:
+        raise SettingsError(f"--config {path}: not valid YAML ({e})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise SettingsError(f"--config {path}: expected a mapping of option: value, found {type(loaded).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(settings_cls) if f.metadata.get("cli", True)}
+    values: dict = {}
+    for key, value in loaded.items():
+        name = str(key).replace("-", "_")
+        if name == "set":
+            if not isinstance(value, dict):
+                raise SettingsError(f"--config {path}: `set` must map model settings to values, e.g. set: {{depth: 4}}")
+            for k, v in value.items():
+                try:
+                    parse_override(f"{k}={json.dumps(v)}")  # refuses unknown model settings by name
+                except SettingsError as e:
+                    raise SettingsError(f"--config {path}: set: {str(e).removeprefix('--set ')}") from None
+            values["overrides"] = dict(value)
+        elif name not in fields or name == "config":
+            raise SettingsError(f"--config {path}: unknown option {key!r}; known: "
+                                f"{sorted(n.replace('_', '-') for n in fields if n != 'config') + ['set']}")
+        else:
+            values[name] = _coerce(value, fields[name], path)
+    return values
+
+
+def _coerce(value, f: dataclasses.Field, path: str):
+    kind = _cli_type(f.type)
+    base = next((t for t in (bool, int, float, str) if kind in (t, Optional[t])), None)
+    if value is None or base is None or isinstance(value, base):
+        return value
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise SettingsError(f"--config {path}: {f.name.replace('_', '-')} must be {base.__name__}, got {value!r}")
+
+
 def typer_command(settings_cls: type, run: Callable[[Any], None], name: str, doc: str) -> Callable:
-    """A typer command whose options are ``settings_cls``'s fields (plus ``--set``); calls run(settings)."""
+    """A typer command whose options are ``settings_cls``'s fields (plus ``--set``); calls run(settings).
+
+    Precedence: an option given on the command line, then the --config file, then the default."""
     import typer
 
-    params = []
+    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
     for f in dataclasses.fields(settings_cls):
         if not f.metadata.get("cli", True):
             continue
@@ -113,14 +169,32 @@ def typer_command(settings_cls: type, run: Callable[[Any], None], name: str, doc
                                     default=typer.Option([], "--set", help="Override a model setting, e.g. "
                                                                            "--set depth=4 (repeatable).")))
 
-    def command(**values) -> None:
-        overrides = dict(parse_override(item) for item in values.pop("set_"))
+    def command(ctx, **values) -> None:
+        try:
+            set_items = values.pop("set_")
+            from_file = read_config_file(values["config"], settings_cls) if values.get("config") else {}
+            overrides = from_file.pop("overrides", {})
+            for key, value in from_file.items():
+                if _from_default(ctx, key):
+                    values[key] = value
+            overrides.update(dict(parse_override(item) for item in set_items))
+        except SettingsError as e:
+            from trainer.errors import exit_with_error
+
+            exit_with_error(str(e))
+            return
         run(settings_cls(**values, overrides=overrides))
 
     command.__signature__ = inspect.Signature(params)
     command.__doc__ = doc
     command.__name__ = name
     return command
+
+
+def _from_default(ctx, name: str) -> bool:
+    """Whether typer filled ``name`` with its default (the user did not give it on the command line)."""
+    source = ctx.get_parameter_source(name)
+    return source is None or getattr(source, "name", "") in ("DEFAULT", "DEFAULT_MAP")
 
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "Optional[str]": Optional[str],

@@ -80,15 +80,17 @@ class FMTStage:
     """What the shared loop needs to know about the FMT: its loss, validation and samples."""
 
     loss_keys = LOSS_KEYS
+    score_key, score_sign = "val_total", 1.0  # --early-stop watches the validation flow loss
 
     def __init__(self, run: Run, manifest: dict, val_batches: list[dict], samples_hook: Callable[[Path], None],
                  loss_fn: Callable[..., dict]):
         self.run, self.manifest, self.val_batches = run, manifest, val_batches
         self.samples_hook, self.loss_fn = samples_hook, loss_fn
         self.has_val = bool(val_batches)
+        self.weights = parse_loss_weights(run.s.loss_weights)
 
     def loss(self, train_model, batch: dict, generator: torch.Generator, step: int) -> dict:
-        return self.loss_fn(train_model, batch, LossWeights(), generator=generator)
+        return self.loss_fn(train_model, batch, self.weights, generator=generator)
 
     def after_step(self, step: int) -> dict:
         return {}
@@ -111,6 +113,18 @@ class FMTStage:
     def checkpoint_extra(self) -> dict:
         return {"manifest_fingerprint": self.manifest.get("fingerprint"),
                 "motion_fingerprint": (self.manifest.get("encoders", {}).get("motion") or {}).get("fingerprint")}
+
+
+def parse_loss_weights(text: str) -> LossWeights:
+    """"current,preceding,velocity" -> LossWeights; 0 switches a term off."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3 or any(not v >= 0 for v in values) or not any(values):
+        raise TrainingError(f"--loss-weights {text!r}: give three numbers >= 0, current,preceding,velocity "
+                            f"(e.g. 1,1,1; 0 switches a term off; not all 0)")
+    return LossWeights(*values)
 
 
 def _model_config(s: TrainSettings, preset: str, manifest: dict) -> FloatConfig:
@@ -157,6 +171,7 @@ def _val_batches(s: TrainSettings, manifest: dict, spec: WindowSpec, cfg: FloatC
 def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rectified_flow_loss,
             samples_hook: Callable[[Path], None] | None = None) -> tuple[Run, FMTStage]:
     setup.check_loop_options(s)
+    parse_loss_weights(s.loss_weights)  # a bad value stops the run before anything is read
     device = info.device
     preset = s.preset or setup.default_preset(device)
     run_dir = Path(s.out or f"runs/float-{preset}")
@@ -197,11 +212,10 @@ def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rec
         ema = EMA(model, s.ema_decay)
         optimizer = setup.make_optimizer(model.parameters(), schedule["lr"], s.weight_decay)
         scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-        nonfinite_total, stream_state = 0, None
+        counters, stream_state = setup.saved_counters(resumed), None
         if resumed is not None:
             path, state = resumed
             setup.restore_training_state(path, state, model, ema, optimizer, scaler)
-            nonfinite_total = int(state.get("counters", {}).get("nonfinite", 0))
             stream_state = setup.saved_stream_state(state, path, info, log)
             log.info(f"resumed from {path} at step {start_step}")
         train_model = wrap_ddp(model, info)
@@ -242,7 +256,7 @@ def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rec
         log.close()
         raise
     run = Run(s, info, cfg, FMT_KIND, run_dir, log, model, train_model, ema, optimizer, scaler, amp_dtype,
-              loader, schedule, start_step, nonfinite_total)
+              loader, schedule, start_step, counters)
     return run, FMTStage(run, manifest, val_batches, samples_hook, loss_fn)
 
 

@@ -72,6 +72,7 @@ class MotionStage:
     """What the shared loop needs to know about stage 1."""
 
     loss_keys = ("total", "l1", "perceptual", "adversarial")
+    score_key, score_sign = "psnr", -1.0  # --early-stop watches held-out PSNR (higher is better)
 
     def __init__(self, run: Run, manifest: dict, perceptual, discriminator, d_train, d_optimizer,
                  val_batches: list[dict]):
@@ -229,10 +230,9 @@ def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
             discriminator.to(device)
             d_optimizer = setup.make_optimizer(discriminator.parameters(), s.d_lr or schedule["lr"], 0.0, BETAS)
             d_train = wrap_ddp(discriminator, info)
-        nonfinite_total, stream_state = 0, None
+        counters, stream_state = setup.saved_counters(resumed), None
         if resumed is not None:
             setup.restore_training_state(resumed[0], resumed[1], model, ema, optimizer, scaler)
-            nonfinite_total = int(resumed[1].get("counters", {}).get("nonfinite", 0))
             stream_state = setup.saved_stream_state(resumed[1], resumed[0], info, log)
             log.info(f"resumed from {resumed[0]} at step {start_step}")
         train_model = wrap_ddp(model, info)
@@ -266,7 +266,7 @@ def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
         log.close()
         raise
     run = Run(s, info, cfg, MOTION_KIND, run_dir, log, model, train_model, ema, optimizer, scaler, amp_dtype,
-              loader, schedule, start_step, nonfinite_total)
+              loader, schedule, start_step, counters)
     stage = MotionStage(run, manifest, perceptual, discriminator, d_train, d_optimizer, val_batches)
     if resumed is not None:
         stage.load_extra(resumed[1], resumed[0])
