@@ -4,8 +4,17 @@ FLOATCTL:= .venv/bin/floatctl
 STAMP   := .venv/.installed
 
 SHARDS  ?= data/shards
+CROPS   ?= $(SHARDS)-crops
 RUN     ?= runs/demo
 STEPS   ?= 1000
+# Stage 1 (the motion auto-encoder): the checkpoint this repository ships, or STAGE1=train to train it
+# here first (`make stage1-asset` rebuilds the shipped one; see the README for its command and time).
+STAGE1  ?= assets/stage1-tiny.pt
+MOTION_RUN   ?= runs/motion-demo
+MOTION_STEPS ?= 3000
+STAGE1_CKPT  := $(if $(filter train,$(STAGE1)),$(MOTION_RUN)/stage1.pt,$(STAGE1))
+# The FMT's latents: re-encoded from the crop shards with the stage-1 encoder, unless float.pth encoded them.
+LATENTS ?= $(if $(FLOAT_CKPT),$(SHARDS),data/shards-stage1)
 # Optional real data and weights: make shards RAVDESS=... FLOAT_CKPT=... WAV2VEC2=... SER=...
 RAVDESS ?=
 FLOAT_CKPT ?=
@@ -21,7 +30,7 @@ SHARD_ARGS := --out $(SHARDS) --preset $(PRESET) \
 	$(if $(WAV2VEC2),--wav2vec2 $(WAV2VEC2)) \
 	$(if $(SER),--ser $(SER))
 
-.PHONY: install test shards train sample demo bench clean
+.PHONY: install test shards stage1 stage1-asset latents train sample demo bench clean
 
 install: $(STAMP)
 
@@ -38,16 +47,39 @@ shards: install
 	$(FLOATCTL) shards $(SHARD_ARGS)
 	$(FLOATCTL) inspect $(SHARDS)
 
+# Stage 1 on the crop shards (only with STAGE1=train); `--resume auto` reuses a finished run.
+STAGE1_TRAIN := --data-root $(CROPS) --preset $(PRESET) --steps $(MOTION_STEPS) --resume auto \
+	--log-step 100 --val-step 500 --save-step 500 --sample-step 500
+stage1: shards
+ifeq ($(STAGE1),train)
+	$(FLOATCTL) train-motion $(STAGE1_TRAIN) --out $(MOTION_RUN)
+	$(FLOATCTL) export $(MOTION_RUN) $(STAGE1_CKPT)
+else
+	@test -f $(STAGE1_CKPT) || (echo "no stage-1 checkpoint $(STAGE1_CKPT): make demo STAGE1=train trains one" && false)
+endif
+
+# Rebuild the shipped stage-1 checkpoint from scratch (seed 0) and store it in float16.
+stage1-asset: shards
+	$(FLOATCTL) train-motion $(STAGE1_TRAIN) --out runs/motion-asset --seed 0
+	$(FLOATCTL) export runs/motion-asset assets/stage1-tiny.pt --half
+
+# The FMT's latent shards from the crops, encoded by the stage-1 encoder (no video decoding).
+latents: stage1
+ifeq ($(FLOAT_CKPT),)
+	$(FLOATCTL) shards --from-crops $(CROPS) --motion-ckpt $(STAGE1_CKPT) --out $(LATENTS)
+	$(FLOATCTL) inspect $(LATENTS)
+endif
+
 # A short CPU run of the tiny preset; `--resume auto` makes a second `make train` continue it.
 train: install
-	$(FLOATCTL) train --data-root $(SHARDS) --out $(RUN) --steps $(STEPS) --resume auto \
+	$(FLOATCTL) train --data-root $(LATENTS) --out $(RUN) --steps $(STEPS) --resume auto \
 		--log-step 100 --val-step 500 --save-step 500 --sample-step 500
 
 sample: install
 	$(FLOATCTL) sample $(RUN)
 
-# The end-to-end job on the built-in default: synthetic shards, training, samples.
-demo: shards train sample
+# The end-to-end job on the built-in default: synthetic shards and crops, stage-1 latents, FMT training, samples.
+demo: latents train sample
 	@echo "demo done: metrics in $(RUN)/metrics.jsonl, samples (videos, plots) in $(RUN)/samples/"
 
 bench: install

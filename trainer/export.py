@@ -15,7 +15,7 @@ from float.model import FloatMotionModel
 from float.motion_autoencoder import MotionAutoEncoder
 from float.motion_checkpoint import MOTION_CKPT_KIND, load_motion_checkpoint
 from shards.files import atomic_write_bytes
-from trainer.checkpoints import CHECKPOINT_VERSION, Log, load_sampling_model
+from trainer.checkpoints import CHECKPOINT_VERSION, Log, latest_checkpoint, load_sampling_model
 from trainer.errors import SampleError, exit_with_error
 
 
@@ -111,7 +111,7 @@ def export_stage1(checkpoint: str | Path, out: str | Path, half: bool = False) -
 
 
 def export(
-    checkpoint: Path = typer.Argument(..., help="Training checkpoint."),
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (FMT or stage 1), or a run folder."),
     out: Path = typer.Argument(..., help="Output .pth: an official-format state dict."),
     ema: bool = typer.Option(True, "--ema/--raw", help="EMA weights (default) or the raw training weights."),
     float_ckpt: Optional[Path] = typer.Option(None, help="Also copy motion_autoencoder.* from this official "
@@ -123,6 +123,12 @@ def export(
 ) -> None:
     """FMT checkpoint: write fmt.* and audio_encoder.audio_projection.* (+ motion_autoencoder.*) under the
     official names. Stage-1 checkpoint: write a slim one (EMA weights, config, step) for --motion-ckpt."""
+    if checkpoint.is_dir():  # a run folder: its latest checkpoint
+        try:
+            checkpoint = latest_checkpoint(checkpoint)
+        except CheckpointError as e:
+            exit_with_error(str(e))
+            return
     if _is_stage1(checkpoint):
         try:
             path, info = export_stage1(checkpoint, out, half)
