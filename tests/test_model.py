@@ -96,6 +96,8 @@ def test_normalisation_is_chosen_by_the_motion_encoder():
     official = {"encoders": {"motion": {"random": False, "source": "float.pth"}}}
     assert _wants_motion_normalization("auto", random) is True
     assert _wants_motion_normalization("auto", official) is False  # real latents stay raw, as the official model
+    stage1 = {"encoders": {"motion": {"random": False, "kind": "motion_autoencoder", "source": "s1.pt"}}}
+    assert _wants_motion_normalization("auto", stage1) is True  # our own encoder's scale is arbitrary
     assert _wants_motion_normalization("on", official) is True
     assert _wants_motion_normalization("off", random) is False
     with pytest.raises(TrainingError, match="auto, on or off"):

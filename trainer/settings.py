@@ -79,8 +79,8 @@ class TrainSettings(CommonSettings):
     loss_weights: str = opt("1,1,1", "Weights of the loss terms current,preceding,velocity (0 switches one off).")
     normalize_motion: str = opt(
         "auto", "Standardise motion latents per dimension with train-shard statistics (stored in the "
-                "checkpoint): auto = when the shards' motion encoder had random weights; on; off (raw "
-                "latents, as the official model; always off with --init).")
+                "checkpoint): auto = unless the shards' motion encoder is the official float.pth's (random "
+                "or stage-1 encoders); on; off (raw latents, as the official model; always off with --init).")
     windows_per_clip: int = opt(4, "Training windows cut from each decoded clip.", cli=False)
     shuffle_buffer: int = opt(64, "Windows in the shuffle buffer.", cli=False)
     val_clips: int = opt(32, "Val clips to validate on.", cli=False)

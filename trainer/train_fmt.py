@@ -28,7 +28,7 @@ from trainer.ema import EMA
 from trainer.logging import RunLogger
 from trainer.loop import TrainResult, run_loop
 from trainer.errors import TrainingError
-from trainer.run import FMT_KIND, Run, to_device
+from trainer.run import FMT_KIND, MOTION_KIND, Run, to_device
 from trainer.schedule import resolve_schedule
 from trainer.settings import TrainSettings
 from trainer.validate import LOSS_KEYS, generation_error, save_motion_samples, validation_loss
@@ -49,11 +49,14 @@ def read_shard_manifest(data_root: str) -> dict:
 
 
 def wants_motion_normalization(mode: str, manifest: dict) -> bool:
-    """Random-encoder latents have an arbitrary tiny scale: standardise them. Real ones stay raw (official)."""
+    """Latents of the official float.pth encoder stay raw, as the official model was trained on them.
+    Any other encoder's latents (seeded random weights, or a stage-1 auto-encoder trained here) have a
+    scale nothing ties to the flow's unit noise: "auto" standardises them."""
     if mode not in ("auto", "on", "off"):
         raise TrainingError(f"--normalize-motion must be auto, on or off, got {mode!r}")
     if mode == "auto":
-        return bool(manifest.get("encoders", {}).get("motion", {}).get("random", False))
+        motion = manifest.get("encoders", {}).get("motion", {})
+        return bool(motion.get("random", False)) or motion.get("kind") == MOTION_KIND
     return mode == "on"
 
 
