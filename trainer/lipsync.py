@@ -101,3 +101,36 @@ def describe(score: dict) -> str:
     if score.get("r") is None:
         return f"n/a ({score.get('note', 'undefined')})"
     return f"{score['r']:+.2f} (lag {score['lag']:+d})"
+
+
+# ---------------------------------------------------------------- in `floatctl sample`
+SCORE_KEYS = ("lipsync_generated", "lipsync_truth", "lipsync_no_audio")
+
+
+def clip_lipsync(entry: dict, name: str, waveform: np.ndarray, generated: np.ndarray,
+                 truth: np.ndarray | None = None, no_audio: np.ndarray | None = None) -> str:
+    """Score a clip's generated video (and its ground-truth reconstruction, and the video generated with
+    the audio dropped) into ``entry``: ``lipsync_*`` = r (or None), ``lipsync`` = the details. Returns the log line."""
+    details = {}
+    for key, video in zip(SCORE_KEYS, (generated, truth, no_audio)):
+        if video is not None:
+            details[key.removeprefix("lipsync_")] = score = lipsync_score(video, waveform)
+            entry[key] = score["r"]
+    entry["lipsync"] = details
+    parts = [f"{kind} {describe(score)}" for kind, score in details.items()]
+    return f"{name}: lip-sync proxy (mouth change vs loudness change, r): " + ", ".join(parts)
+
+
+def mean_lipsync(entries: list[dict], log=None) -> dict:
+    """{"lipsync_mean": {key: mean r over the clips that have one}} ({} when no clip was scored)."""
+    mean = {}
+    for key in SCORE_KEYS:
+        values = [e[key] for e in entries if e.get(key) is not None]
+        if values:
+            mean[key] = float(np.mean(values))
+    if not mean:
+        return {}
+    if log is not None:
+        log("lip-sync proxy, mean over clips: " + ", ".join(f"{k.removeprefix('lipsync_')} {v:+.2f}"
+                                                           for k, v in mean.items()))
+    return {"lipsync_mean": mean}
