@@ -15,6 +15,9 @@ so the score does not depend on whether an open mouth looks darker or brighter
 than a closed one. It is near 0 for a mouth that moves independently of the
 audio (or not at all), up to 1 for a mouth whose change follows the loudness.
 
+Chance level is above 0: the best of five lags of unrelated signals is about +0.1..+0.3 for 50
+frames (less for longer clips), so read a score against the same clip's ground truth or audio-dropped one.
+
 Limits: head motion also changes the mouth box (a moving head scores like a
 moving mouth when it moves with the loudness), and the score is only
 comparable between videos of the same framing, e.g. generated vs the
