@@ -18,6 +18,7 @@ app = typer.Typer(
 def _register() -> None:
     from preprocess.command import inspect, shards
     from trainer.command import train, train_motion
+    from trainer.eval_command import eval_run
     from trainer.sample_command import export, sample
 
     app.command(help="Turn RAVDESS or a folder of talking-head clips into WebDataset shards.")(shards)
@@ -25,6 +26,7 @@ def _register() -> None:
     app.command("train", help="Train the Flow Matching Transformer on latent shards.")(train)
     app.command("train-motion", help="Train the motion auto-encoder (stage 1) on crop shards.")(train_motion)
     app.command(help="Generate motion from audio with a checkpoint and render it.")(sample)
+    app.command("eval", help="Collect a run's validation curve, lip-sync and speed into eval.md / eval.json.")(eval_run)
     app.command(help="Write an official-format state dict (fmt.*, audio projection) from a checkpoint.")(export)
 
 

@@ -28,18 +28,19 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used, with the file and the reason in the message."""
 
 
-def safe_torch_load(path: str | Path, label: str = ""):
+def safe_torch_load(path: str | Path, label: str = "", mmap: bool = False):
     """torch.load restricted to tensors and plain containers; CheckpointError (``label`` + path + why) otherwise.
 
     The one torch.load of the project for files a user hands in: official float.pth,
-    training checkpoints (label "checkpoint "), Hugging Face pytorch_model.bin.
+    training checkpoints (label "checkpoint "), Hugging Face pytorch_model.bin. ``mmap`` maps the
+    tensors instead of reading them (zip-format files only): cheap for a look at the keys of a large file.
     """
     path = Path(path)
     where = f"{label}{path}"
     if not path.is_file():
         raise CheckpointError(f"{where}: no such file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights only" in str(e).lower() or "weights_only" in str(e).lower():

@@ -5,7 +5,9 @@ Fixed-step solvers take exactly ``nfe`` vector-field evaluations:
   midpoint  nfe/2 steps of two,
   rk4       nfe/4 steps of four.
 ``official_grid=True`` reproduces the official sampler, which integrates
-Euler over ``linspace(0, 1, nfe)``: nfe-1 steps, so nfe-1 evaluations.
+Euler over ``linspace(0, 1, nfe)``: nfe-1 steps, so nfe-1 evaluations; and its
+fixed-seed noise (``--fix_noise_seed``): the generator is re-seeded with
+``seed`` before every window, so every window starts from the same noise.
 
 Generation is chunked and autoregressive like the official model: audio of any
 length is cut into windows of ``cfg.num_frames``; the last ``num_prev_frames``
@@ -89,7 +91,8 @@ def generate_motion(
     N, P = cfg.num_frames, cfg.num_prev_frames
     device, dtype = audio.device, wr.dtype
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else torch.seed())
+    base_seed = seed if seed is not None else torch.seed()
+    generator.manual_seed(base_seed)
 
     wr = model.normalize_motion(wr)  # the flow lives in the model's (normalised) latent space
     wa = model.project_audio(audio)
@@ -109,6 +112,9 @@ def generate_motion(
             )
             return out[:, P:]
 
+        if official_grid and start > 0:
+            # The official sampler re-seeds before each window: identical x0 in every window.
+            generator.manual_seed(base_seed)
         x0 = torch.randn(B, N, cfg.dim_w, device=device, dtype=dtype, generator=generator)
         sample = integrate(field, x0, nfe, solver, official_grid)
         chunks.append(sample)

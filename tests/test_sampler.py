@@ -117,3 +117,23 @@ def test_generation_noise_is_seeded():
     kw = dict(wr=torch.zeros(1, 8), we=torch.zeros(1, 7), nfe=2)
     assert torch.equal(generate_motion(m, a, seed=3, **kw), generate_motion(m, a, seed=3, **kw))
     assert not torch.equal(generate_motion(m, a, seed=3, **kw), generate_motion(m, a, seed=4, **kw))
+
+
+def test_official_grid_reseeds_every_window_like_the_official_fix_noise_seed():
+    # A zero field leaves x = x0, so the output shows each window's starting noise.
+    cfg = get_preset("tiny", dim_w=8, dim_a=8)
+
+    class NoiseEcho(FakeModel):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            self.fmt.forward_with_cfv = lambda t, x, *a, **k: torch.zeros(x.shape[0], cfg.num_prev_frames + x.shape[1], x.shape[2])
+
+    m, N = NoiseEcho(cfg), cfg.num_frames
+    a = torch.randn(1, 2 * N, 8)
+    kw = dict(wr=torch.zeros(1, 8), we=torch.zeros(1, 7), nfe=3, seed=15)
+    official = generate_motion(m, a, official_grid=True, **kw)
+    assert torch.equal(official[:, :N], official[:, N:])  # the same x0 in both windows
+    expected = torch.randn(1, N, 8, generator=torch.Generator().manual_seed(15))
+    assert torch.equal(official[:, :N], expected)
+    ours = generate_motion(m, a, **kw)  # one generator for the whole clip: fresh noise per window
+    assert torch.equal(ours[:, :N], expected) and not torch.equal(ours[:, :N], ours[:, N:])

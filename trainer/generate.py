@@ -30,8 +30,10 @@ class Generated:
 
 def generate(model: FloatMotionModel, audio: np.ndarray | Tensor, wr: np.ndarray | Tensor, we: np.ndarray | Tensor,
              nfe: int = 10, solver: str = "euler", a_cfg_scale: float = 2.0, e_cfg_scale: float = 1.0,
-             seed: int = 0, drop_audio: bool = False) -> Generated:
-    """Motion latents for one clip: audio features (T, A), reference motion (dim_w,), emotion (7,)."""
+             seed: int = 0, drop_audio: bool = False, official_grid: bool = False) -> Generated:
+    """Motion latents for one clip: audio features (T, A), reference motion (dim_w,), emotion (7,).
+
+    ``official_grid``: the official time grid and per-window noise seeding (float.sampler)."""
     param = next(model.parameters())
 
     def tensor(x) -> Tensor:
@@ -44,7 +46,8 @@ def generate(model: FloatMotionModel, audio: np.ndarray | Tensor, wr: np.ndarray
     start = time.perf_counter()
     try:
         motion = generate_motion(model, a[None], r, e, nfe=nfe, solver=solver, a_cfg_scale=a_cfg_scale,
-                                 e_cfg_scale=e_cfg_scale, seed=seed, drop_audio=drop_audio)
+                                 e_cfg_scale=e_cfg_scale, seed=seed, drop_audio=drop_audio,
+                                 official_grid=official_grid)
     except ValueError as err:  # bad solver / nfe combination
         raise SampleError(str(err)) from None
     if param.device.type == "cuda":

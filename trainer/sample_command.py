@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -38,6 +38,7 @@ from trainer.checkpoints import default_output_dir, load_manifest, load_sampling
 from trainer.errors import SampleError, exit_with_error
 from trainer.export import export  # noqa: F401  (floatctl export, registered next to sample)
 from trainer.generate import generate, motion_errors, save_latents
+from trainer.lipsync import clip_lipsync, mean_lipsync
 from trainer.media_input import (EMOTION_CHOICES, InputError, emotion_name, emotion_vector, load_audio,
                                  load_reference_image, parse_emotion)
 from trainer.plot import feature_energy, frame_energy, plot_motion
@@ -68,11 +69,12 @@ class SampleOptions:
     e_cfg: float = 1.0
     nfe: int = 10
     solver: str = "euler"
-    seed: int = 0
+    seed: int | None = None  # 0; with official_grid on float.pth the official default 15
     use_ema: bool = True
     device: str = "auto"
     render: bool = True
     render_batch: int = 16
+    official_grid: bool = False
 
 
 @dataclass
@@ -184,7 +186,7 @@ def _errors(s: Session, item: Item, gen, entry: dict, record: dict, log) -> None
     """Generation error against the ground truth, with the audio and with the audio dropped."""
     o = s.o
     silent = generate(s.sm.model, item.features, item.wr, item.we, o.nfe, o.solver, o.a_cfg, o.e_cfg, o.seed,
-                      drop_audio=True)
+                      drop_audio=True, official_grid=o.official_grid)
     with_audio, without = motion_errors(gen.motion, item.target), motion_errors(silent.motion, item.target)
     entry.update({"l1_audio": with_audio["l1"], "mse_audio": with_audio["mse"], "l1_no_audio": without["l1"],
                   "mse_no_audio": without["mse"], "audio_gain": without["l1"] / max(with_audio["l1"], 1e-12)})
@@ -205,7 +207,7 @@ def _plot(s: Session, item: Item, motion: Tensor) -> dict:
                        energy_label=label)
 
 
-def _render(s: Session, item: Item, motion: Tensor, log) -> None:
+def _render(s: Session, item: Item, motion: Tensor, entry: dict, silent: Tensor | None, log) -> None:
     """item.mp4 (with its audio) and, for held-out clips, ground truth | generated."""
     autoencoder = s.decoder.autoencoder
     if item.reference is None:
@@ -217,16 +219,21 @@ def _render(s: Session, item: Item, motion: Tensor, log) -> None:
     s.add_file("video", write_mp4(s.out / f"{item.name}.mp4", video, audio=item.waveform))
     s.render_seconds += time.perf_counter() - start
     s.rendered_frames += len(motion)
+    truth = None
     if item.target is not None:
         truth = render_motion(autoencoder, reference, torch.as_tensor(item.target), s.o.render_batch)
         s.add_file("side_by_side", write_mp4(s.out / f"{item.name}.gt_vs_generated.mp4",
                                              side_by_side(truth, video), audio=item.waveform))
+    if item.waveform is not None:  # the lip-sync proxy of the generated, ground-truth and audio-dropped videos
+        no_audio = render_motion(autoencoder, reference, silent, s.o.render_batch) if silent is not None else None
+        log(clip_lipsync(entry, item.name, item.waveform, video, truth, no_audio))
     s.result.rendered = True
 
 
 def _sample_item(s: Session, item: Item, log) -> dict:
     o = s.o
-    gen = generate(s.sm.model, item.features, item.wr, item.we, o.nfe, o.solver, o.a_cfg, o.e_cfg, o.seed)
+    gen = generate(s.sm.model, item.features, item.wr, item.we, o.nfe, o.solver, o.a_cfg, o.e_cfg, o.seed,
+                   official_grid=o.official_grid)
     frames = len(gen.motion)
     s.gen_frames, s.gen_seconds = s.gen_frames + frames, s.gen_seconds + gen.seconds
     entry = {"name": item.name, "frames": frames, "emotion": item.emotion_label,
@@ -245,7 +252,7 @@ def _sample_item(s: Session, item: Item, log) -> dict:
             f"{plot['corr_target_energy']:+.2f} in the ground truth, {plot['corr_energy']:+.2f} in the generated "
             "motion (see the plot)")
     if o.render and s.decoder.autoencoder is not None:
-        _render(s, item, gen.motion, log)
+        _render(s, item, gen.motion, entry, record.get("motion_no_audio"), log)
     return entry
 
 
@@ -264,6 +271,7 @@ def _summary(s: Session, entries: list[dict], device: torch.device, log) -> dict
     summary = {"items": entries, "speed": speed, "settings": s.settings,
                "decoder": {"source": s.decoder.source, "random": s.decoder.random,
                            "available": s.decoder.autoencoder is not None}}
+    summary.update(mean_lipsync(entries, log))
     scored = [e for e in entries if "l1_audio" in e]
     if scored:
         mean = {k: float(np.mean([e[k] for e in scored])) for k in ("l1_audio", "l1_no_audio", "mse_audio",
@@ -280,8 +288,13 @@ def _summary(s: Session, entries: list[dict], device: torch.device, log) -> dict
 
 def run_sample(o: SampleOptions, log: Callable[[str], None] = print) -> SampleResult:
     """Everything `floatctl sample` does; raises SampleError / InputError for bad input."""
+    from trainer.official_sample import official_state, run_official_sample  # it imports this module
+
     try:
-        return _run_sample(o, log)
+        state = official_state(o.checkpoint)  # an official float.pth takes its own path
+        if state is not None:
+            return run_official_sample(o, state, log)
+        return _run_sample(replace(o, seed=o.seed or 0), log)
     except (EncoderSetupError, ShardError) as e:  # the encoders or shards the checkpoint names
         raise SampleError(str(e)) from None
 
@@ -337,7 +350,7 @@ def _run_sample(o: SampleOptions, log: Callable[[str], None]) -> SampleResult:
 
 
 def sample(
-    checkpoint: Path = typer.Argument(..., help="Training checkpoint (runs/NAME/checkpoints/final_step_N.pt) or a run folder (its latest checkpoint)."),
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (runs/NAME/checkpoints/final_step_N.pt), a run folder (its latest checkpoint) or the official float.pth (with --audio, --image, --wav2vec2, --ser)."),
     audio: Optional[Path] = typer.Option(None, help="New speech: wav, mp3, flac, or a video's audio track "
                                                     "(with --image)."),
     image: Optional[Path] = typer.Option(None, help="New reference portrait of any size (with --audio)."),
@@ -360,7 +373,10 @@ def sample(
     e_cfg: float = typer.Option(1.0, help="Emotion guidance scale."),
     nfe: int = typer.Option(10, help="Vector-field evaluations per window."),
     solver: str = typer.Option("euler", help="euler, midpoint or rk4."),
-    seed: int = typer.Option(0, help="Noise seed."),
+    seed: Optional[int] = typer.Option(None, help="Noise seed (default 0; 15, the official one, with --official-grid "
+                                                   "on float.pth)."),
+    official_grid: bool = typer.Option(False, "--official-grid", help="The official sampler: Euler on linspace(0, 1, "
+                                       "nfe) (nfe-1 steps), the noise re-seeded before every window."),
     ema: bool = typer.Option(True, "--ema/--raw", help="EMA weights (default) or the raw training weights."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     render: bool = typer.Option(True, "--render/--no-render", help="Render video (needs the motion decoder)."),
@@ -369,7 +385,7 @@ def sample(
     """Generate motion with a checkpoint: held-out clips by default, or --audio with --image; render and plot."""
     options = SampleOptions(checkpoint, audio, image, out, data_root, split, clips, emotion, ser, wav2vec2,
                             float_ckpt, not no_crop, a_cfg, e_cfg, nfe, solver, seed, ema, device, render,
-                            render_batch)
+                            render_batch, official_grid)
     try:
         run_sample(options, log=lambda m: print(m, flush=True))
     except (SampleError, InputError) as e:

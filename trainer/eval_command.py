@@ -1,0 +1,159 @@
+"""`floatctl eval RUN`: one table of a run's results, in Markdown and JSON, ready for a paper.
+
+It collects what the run already wrote, nothing is recomputed:
+  validation  the ``val`` rows of RUN/metrics.jsonl (latent-space losses, generation errors with and without
+              the audio, their ratio), the best step by ``val_total`` and the last one;
+  samples     every RUN/samples/*/metrics.json that ``floatctl sample`` wrote: generation errors, the
+              lip-sync proxy (generated, ground-truth reconstruction, audio dropped; trainer/lipsync.py)
+              and the sampling speed in frames per second.
+Writes RUN/eval.md and RUN/eval.json and prints the Markdown. Exit code 2 when the folder holds neither.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from trainer.errors import TrainerError, exit_with_error
+from trainer.logging import METRICS_FILE
+
+VAL_COLUMNS = ("val_total", "val_current", "val_preceding", "val_velocity", "gen_l1_audio", "gen_l1_no_audio",
+               "gen_audio_gain")
+SAMPLE_COLUMNS = (  # (heading, key in the collected row)
+    ("samples", "name"), ("step", "step"), ("weights", "weights"), ("NFE", "nfe"), ("grid", "grid"),
+    ("clips", "clips"), ("L1 audio", "l1_audio"), ("L1 no audio", "l1_no_audio"), ("audio gain", "audio_gain"),
+    ("lip-sync gen.", "lipsync_generated"), ("lip-sync GT", "lipsync_truth"),
+    ("lip-sync no audio", "lipsync_no_audio"), ("motion fps", "motion_fps"), ("end-to-end fps", "end_to_end_fps"),
+    ("device", "device"))
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _table(headings: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(headings) + " |", "|" + "|".join("---" for _ in headings) + "|"]
+    return lines + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+
+
+def pick_rows(rows: list[dict], best: dict | None, limit: int) -> list[dict]:
+    """At most ``limit`` rows, evenly spread, always with the first, the best and the last."""
+    if len(rows) <= limit:
+        return rows
+    keep = {round(i * (len(rows) - 1) / (limit - 1)) for i in range(limit - 1)} | {len(rows) - 1}
+    if best is not None:
+        keep.add(rows.index(best))
+    return [rows[i] for i in sorted(keep)]
+
+
+def validation_summary(run: Path) -> dict | None:
+    if not (run / METRICS_FILE).is_file():
+        return None
+    rows, skipped = [], 0
+    for line in (run / METRICS_FILE).read_text().splitlines():
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:  # a run killed mid-write leaves a partial last line
+            skipped += 1
+            continue
+        if isinstance(record, dict) and record.get("split") == "val":
+            rows.append(record)
+    columns = [c for c in VAL_COLUMNS if any(c in r for r in rows)]
+    table = [{"step": r.get("step"), **{c: r.get(c) for c in columns}} for r in rows]
+    scored = [r for r in table if isinstance(r.get("val_total"), (int, float))]
+    best = min(scored, key=lambda r: r["val_total"]) if scored else None
+    return {"columns": columns, "rows": table, "best": best, "last": table[-1] if table else None,
+            "unreadable_lines": skipped}
+
+
+def sample_summary(folder: Path) -> dict | None:
+    """One row from samples/X/metrics.json; None when it is unreadable."""
+    try:
+        m = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    settings, speed, items = m.get("settings") or {}, m.get("speed") or {}, m.get("items") or []
+    mean, lipsync = m.get("mean") or {}, m.get("lipsync_mean") or {}
+    return {"name": folder.name, "step": settings.get("step"), "weights": settings.get("weights") or
+            ("official" if settings.get("official") else None), "nfe": settings.get("nfe"),
+            "grid": "official" if settings.get("official_grid") else "uniform", "clips": len(items),
+            "l1_audio": mean.get("l1_audio"), "l1_no_audio": mean.get("l1_no_audio"),
+            "audio_gain": mean.get("audio_gain"), "lipsync_generated": lipsync.get("lipsync_generated"),
+            "lipsync_truth": lipsync.get("lipsync_truth"), "lipsync_no_audio": lipsync.get("lipsync_no_audio"),
+            "motion_fps": speed.get("motion_frames_per_s"), "end_to_end_fps": speed.get("end_to_end_frames_per_s"),
+            "device": speed.get("device")}
+
+
+def collect(run: Path) -> dict:
+    run = Path(run)
+    if not run.is_dir():
+        raise TrainerError(f"{run}: no such run folder")
+    validation = validation_summary(run)
+    folders = sorted(p.parent for p in (run / "samples").glob("*/metrics.json")) if (run / "samples").is_dir() else []
+    samples = [s for s in map(sample_summary, folders) if s is not None]
+    if validation is None and not samples:
+        raise TrainerError(f"{run}: nothing to evaluate: no {METRICS_FILE} and no samples/*/metrics.json "
+                           f"(train with floatctl train, then floatctl sample {run})")
+    return {"run": str(run), "validation": validation, "samples": samples}
+
+
+def to_markdown(result: dict, max_rows: int = 12) -> str:
+    lines = [f"# Evaluation of {result['run']}", ""]
+    v = result["validation"]
+    if v is None:
+        lines += [f"No validation curve ({METRICS_FILE} is missing).", ""]
+    elif not v["rows"]:
+        lines += [f"No validation rows in {METRICS_FILE} (no val split, or the run stopped before the first "
+                  "validation).", ""]
+    else:
+        shown = pick_rows(v["rows"], v["best"], max_rows)
+        lines += ["## Validation (EMA weights)", ""]
+        lines += _table(["step", *v["columns"]], [[r["step"], *(r[c] for c in v["columns"])] for r in shown])
+        note = f"{len(shown)} of {len(v['rows'])} validations shown." if len(shown) < len(v["rows"]) else ""
+        if v["best"] is not None:
+            note = f"Best val_total {_fmt(v['best']['val_total'])} at step {v['best']['step']}. " + note
+        lines += ["", note.strip(), ""] if note else [""]
+    if result["samples"]:
+        lines += ["## Samples (floatctl sample)", ""]
+        lines += _table([h for h, _ in SAMPLE_COLUMNS], [[s[k] for _, k in SAMPLE_COLUMNS]
+                                                         for s in result["samples"]])
+        lines += ["", "L1: generated vs ground-truth motion latents, with the audio and with it dropped; audio gain = "
+                  "their ratio. Lip-sync: correlation of the mouth region's change with the loudness change "
+                  "(-1..1, best of +-2 frame lags), in the generated, the ground-truth reconstruction and the "
+                  "audio-dropped videos. fps: frames per second of motion generation and end to end (with "
+                  "rendering).", ""]
+    else:
+        lines += ["No samples yet (floatctl sample RUN writes samples/<checkpoint>/metrics.json).", ""]
+    return "\n".join(lines)
+
+
+def evaluate(run: Path, max_rows: int = 12) -> tuple[dict, str]:
+    """Collect, write RUN/eval.json and RUN/eval.md, return both."""
+    result = collect(run)
+    markdown = to_markdown(result, max_rows)
+    (Path(run) / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    (Path(run) / "eval.md").write_text(markdown)
+    return result, markdown
+
+
+def eval_run(
+    run: Path = typer.Argument(..., help="Run folder (runs/NAME): its metrics.jsonl and samples/*/metrics.json."),
+    max_rows: int = typer.Option(12, help="Validation rows in the Markdown table (evenly spread; first, best and "
+                                          "last always in). eval.json has them all."),
+) -> None:
+    """Collect a run's validation curve and sample metrics into RUN/eval.md and RUN/eval.json."""
+    if max_rows < 3:
+        exit_with_error("--max-rows must be at least 3 (first, best and last)")
+    try:
+        _, markdown = evaluate(run, max_rows)
+    except TrainerError as e:
+        exit_with_error(str(e))
+    print(markdown, flush=True)
+    print(f"written: {Path(run) / 'eval.md'}, {Path(run) / 'eval.json'}")
