@@ -41,3 +41,43 @@ def test_without_a_fitting_decoder_samples_stay_latents(tmp_path):
     SampleRenderer(manifest, tmp_path / "shards", 16, logs.append)(path)  # the model's dim_w differs
     assert not path.with_suffix("").exists()
     assert any("latents only" in line for line in logs)
+
+
+def test_rendered_samples_get_the_lip_sync_proxy_against_the_source_audio(tmp_path, monkeypatch):
+    import json
+
+    import numpy as np
+
+    import trainer.sample_render as sample_render
+
+    manifest, key, path = _setup(tmp_path)
+    record = torch.load(path, weights_only=True)
+    record["motion"], record["target"] = (torch.randn(2, 12, 512, generator=torch.Generator().manual_seed(s))
+                                          for s in (1, 2))
+    record["starts"] = [5, 0]
+    torch.save(record, path)
+    asked = []
+
+    def fake_source(meta, n_frames):  # a clip-long 16 kHz waveform with a loudness that moves
+        asked.append((meta["key"], n_frames))
+        t = np.arange(n_frames * 640) / 16000
+        return (np.sin(2 * np.pi * 200 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 1.5 * t))).astype(np.float32)
+
+    monkeypatch.setattr(sample_render, "source_waveform", fake_source)
+    logs = []
+    SampleRenderer(manifest, tmp_path / "shards", 512, logs.append)(path)
+    assert asked == [(key, 55)]  # the rendered clip's own source, whole; the window is cut from frame 5
+    scores = json.loads((path.with_suffix("") / "lipsync.json").read_text())
+    assert [c["key"] for c in scores["clips"]] == [key]
+    assert set(scores["clips"][0]["lipsync"]) == {"generated", "truth"}
+    assert any(line.startswith(f"sample {key}: lip-sync proxy") for line in logs)
+
+
+def test_without_the_source_audio_no_lip_sync_is_claimed(tmp_path):
+    manifest, key, path = _setup(tmp_path)
+    record = torch.load(path, weights_only=True)
+    record["starts"] = [0, 0]
+    torch.save(record, path)
+    SampleRenderer(manifest, tmp_path / "shards", 512, lambda m: None)(path)
+    assert (path.with_suffix("") / f"{key}.mp4").exists()
+    assert not (path.with_suffix("") / "lipsync.json").exists()  # meta's source "synthetic" is no file

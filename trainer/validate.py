@@ -116,6 +116,7 @@ def save_motion_samples(model: nn.Module, batch: dict, path: str | Path, step: i
         "ref_motion": batch["ref_motion"][:n].float().cpu(),
         "emotion": batch["emotion"][:n].float().cpu(),
         "keys": list(keys[:n]) if keys is not None else [],
+        "starts": batch["start"][:n].tolist() if "start" in batch else [],  # the windows' first frames
         "nfe": nfe,
         "a_cfg_scale": a_cfg_scale,
     }
