@@ -7,11 +7,8 @@ from __future__ import annotations
 import hashlib
 from typing import Callable
 
+from preprocess.errors import PipelineError
 from shards.writer import MAX_INDEX
-
-
-class PipelineError(RuntimeError):
-    """A problem with the inputs or options, reported before (or instead of) doing the work."""
 
 
 def parse_part(part: str | None) -> tuple[int, int] | None:

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from float.config import EMOTIONS, FPS, SAMPLES_PER_FRAME, SAMPLING_RATE
+from shards.errors import CropSampleError, ManifestError
 from shards.format import EMOTION, META, encode_json, encode_npy
-from shards.manifest import ManifestError, read_manifest
+from shards.manifest import read_manifest
 
 CROPS_KIND = "crops"
 LATENTS_KIND = "latents"
@@ -46,10 +47,6 @@ CROP_ONLY_MEMBERS = (JPEGS, OFFSETS, WAVE)  # what tells a crop shard from a lat
 JPEG_QUALITY = 90
 WAVE_DTYPE = np.float32
 REQUIRED_META = ("key", "actor", "split", "n_frames", "fps", "size", "source", "settings_fingerprint")
-
-
-class CropSampleError(ValueError):
-    """A crop sample that cannot be used; the message says why (the caller adds shard and key)."""
 
 
 def manifest_kind(manifest: dict) -> str:

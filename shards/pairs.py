@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from shards.crops import CROP_ONLY_MEMBERS, JPEGS, OFFSETS, CropClip, CropSampleError
+from shards.crops import CROP_ONLY_MEMBERS, JPEGS, OFFSETS, CropClip
 from shards.dataset import TrainWindows, WindowLoader
 from shards.tar import iter_tar_samples
-from shards.sample import CorruptSample
+from shards.errors import CorruptSample
 from shards.windows import _empty
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,7 @@ def draw_pairs(clip: CropClip, count: int, rng: np.random.Generator, size: int |
 
     def frame(i: int) -> np.ndarray:
         if i not in decoded:
-            try:
-                img = clip.frame(i)
-            except CropSampleError as e:
-                raise CorruptSample(str(e)) from e
+            img = clip.frame(i)  # CropSampleError (a CorruptSample) when it does not decode
             if size is not None and img.shape[0] != size:
                 raise CorruptSample(f"frame {i} is {img.shape[0]} px, expected {size}")
             decoded[i] = img
@@ -110,10 +107,7 @@ class CropPairs(TrainWindows):
         return ["pairs", self.spec.pairs_per_clip, self.size]
 
     def decode(self, key: str, members: dict[str, bytes]) -> CropClip:
-        try:
-            return CropClip(key, members)
-        except CropSampleError as e:
-            raise CorruptSample(str(e)) from e
+        return CropClip(key, members)  # CropSampleError is a CorruptSample: the stream skips the clip
 
     def draw(self, clip: CropClip, rng: np.random.Generator) -> list[dict]:
         return draw_pairs(clip, self.spec.pairs_per_clip, rng, self.size)
@@ -158,7 +152,7 @@ class ValPairs(torch.utils.data.Dataset):
                         self.skipped += 1
                         continue
                     pairs = draw_pairs(clip, pairs_per_clip, np.random.default_rng([seed, clips]), size)
-                except (CropSampleError, CorruptSample) as e:
+                except CorruptSample as e:  # CropSampleError included
                     log.warning("%s: skipping corrupt sample %s: %s", url, key, e)
                     self.skipped += 1
                     continue

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from shards.errors import CorruptSample
 from shards.format import (AUDIO, AUDIO_DTYPE, EMOTION, EMOTION_PROBS, EMOTIONS, FORMAT_VERSION, LAMBDAS, META,
                            MOTION, MOTION_DTYPE, REFERENCE, REQUIRED_MEMBERS, REQUIRED_META, decode_npy,
                            encode_json, encode_npy)
@@ -87,10 +88,6 @@ def read_meta(members: dict[str, bytes]) -> dict:
 
 
 # ---------------------------------------------------------------- decoding for training
-class CorruptSample(ValueError):
-    """A shard sample that cannot be used; the message says why (the caller adds shard and key)."""
-
-
 @dataclass
 class Clip:
     key: str
