@@ -21,7 +21,7 @@ from typing import Callable
 
 from shards.crops import CROP_MEMBERS, CROP_ONLY_MEMBERS, CropClip, CropSampleError, crop_shard_urls, \
     read_crop_manifest
-from shards.dataset import ShardError, iter_tar_samples
+from shards.tar import iter_tar_samples
 from shards.format import SPLITS
 from shards.manifest import ManifestError, fingerprint_inputs, settings_fingerprint
 from shards.writer import ShardWriter

@@ -4,7 +4,7 @@ The stream is TrainWindows's (shards/dataset.py) with two hooks changed: a clip
 is a lazily decoded crop sample (shards/crops.py) and what is drawn from it is
 ``pairs_per_clip`` pairs of two different frames. Blocks, shuffle buffer, shard
 assignment, skipping of corrupt samples and the exact-resume positions are the
-same code, so ``make_pair_loader`` returns a WindowLoader with the same
+same code, so ``make_pair_loader`` returns a WindowLoader (shards/loader.py) with the same
 ``state_dict()`` / ``load_state_dict()`` / ``skipped`` API.
 
 Only the drawn frames are JPEG-decoded, in the worker, when the clip is drawn
@@ -19,9 +19,11 @@ import numpy as np
 import torch
 
 from shards.crops import CROP_ONLY_MEMBERS, JPEGS, OFFSETS, CropClip
-from shards.dataset import TrainWindows, WindowLoader
-from shards.tar import iter_tar_samples
+from shards.dataset import TrainWindows
 from shards.errors import CorruptSample
+from shards.loader import WindowLoader
+from shards.tar import iter_tar_samples
+from shards.validation import FixedItems
 from shards.windows import _empty
 
 log = logging.getLogger(__name__)
@@ -130,7 +132,7 @@ def make_pair_loader(urls: list[str], batch_size: int, num_workers: int = 0, see
     return loader
 
 
-class ValPairs(torch.utils.data.Dataset):
+class ValPairs(FixedItems):
     """A fixed list of held-out pairs: shards in the given order, clips in tar order, clip ``c``'s
     pairs drawn with ``default_rng([seed, c])``, so the list depends only on the data and the seed."""
 
@@ -139,8 +141,8 @@ class ValPairs(torch.utils.data.Dataset):
         if not urls:
             raise ValueError("ValPairs: no shard URLs")
         PairSpec(pairs_per_clip)  # validates the count
-        self.pairs: list[dict] = []
-        self.skipped = 0
+        super().__init__(collate_pairs)
+        self.pairs = self.items  # the same list, under the name the callers read
         clips = 0
         for url in urls:
             for key, members in iter_tar_samples(url, _PAIR_MEMBERS, known_members=CROP_ONLY_MEMBERS):
@@ -158,14 +160,3 @@ class ValPairs(torch.utils.data.Dataset):
                     continue
                 self.pairs.extend(pairs)
                 clips += 1
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.pairs[index]
-
-    def batches(self, batch_size: int, rank: int = 0, world_size: int = 1) -> list[dict]:
-        """Collated batches of this rank's share (every ``world_size``-th pair), in order."""
-        mine = self.pairs[rank::world_size]
-        return [collate_pairs(mine[i:i + batch_size]) for i in range(0, len(mine), batch_size)]
