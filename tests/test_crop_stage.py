@@ -13,7 +13,9 @@ import torch
 from float.checkpoint import CheckpointError
 from float.motion_checkpoint import load_motion_checkpoint
 from preprocess.encode import LogMel, load_motion_encoder
-from preprocess.pipeline import PipelineError, ShardSettings, run_shards
+from preprocess.errors import PipelineError
+from preprocess.pipeline import run_shards
+from preprocess.settings import ShardSettings
 from preprocess.synthetic import make_synthetic_ravdess
 from shards.crops import CROP_MEMBERS, CROP_ONLY_MEMBERS, CropClip, crop_shard_urls, read_crop_manifest
 from shards.tar import iter_tar_samples
