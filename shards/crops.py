@@ -32,7 +32,7 @@ import numpy as np
 
 from float.config import EMOTIONS, FPS, SAMPLES_PER_FRAME, SAMPLING_RATE
 from shards.errors import CropSampleError, ManifestError
-from shards.format import EMOTION, META, encode_json, encode_npy
+from shards.format import EMOTION, META, encode_json, encode_npy, member_problems
 from shards.manifest import read_manifest
 
 CROPS_KIND = "crops"
@@ -228,13 +228,7 @@ def check_crop_sample(key: str, members: dict[str, bytes], manifest: dict, split
     Checks members, meta, offsets, audio length, the emotion vector, and decodes the first and
     last frame (decoding every frame would make inspect as slow as the shard stage).
     """
-    problems: list[str] = []
-    missing = sorted(set(CROP_MEMBERS) - set(members))
-    extra = sorted(set(members) - set(CROP_MEMBERS))
-    if missing:
-        problems.append(f"{where}: missing members {missing}")
-    if extra:
-        problems.append(f"{where}: unexpected members {extra}")
+    problems = member_problems(members, CROP_MEMBERS, where)
     meta: dict = {}
     try:
         clip = CropClip(key, members)

@@ -130,6 +130,12 @@ def make_loader(urls: list[str], spec: WindowSpec, batch_size: int, num_workers:
     ``WindowLoader.state_dict()`` to continue from (strict).
     """
     dataset = TrainWindows(urls, spec, seed=seed, rank=rank, world_size=world_size, **dataset_kwargs)
+    return loader_over(dataset, batch_size, num_workers, pin_memory, prefetch_factor, state)
+
+
+def loader_over(dataset: TrainWindows, batch_size: int, num_workers: int, pin_memory: bool | None,
+                prefetch_factor: int, state: dict | None) -> WindowLoader:
+    """A WindowLoader over any TrainWindows stream, continued from ``state`` (strict) when given."""
     loader = WindowLoader(dataset, batch_size, num_workers, pin_memory, prefetch_factor)
     if state is not None:
         loader.load_state_dict(state)

@@ -21,7 +21,7 @@ import torch
 from shards.crops import CROP_ONLY_MEMBERS, JPEGS, OFFSETS, CropClip
 from shards.dataset import TrainWindows
 from shards.errors import CorruptSample
-from shards.loader import WindowLoader
+from shards.loader import WindowLoader, loader_over
 from shards.tar import iter_tar_samples
 from shards.validation import FixedItems
 from shards.windows import _empty
@@ -126,10 +126,7 @@ def make_pair_loader(urls: list[str], batch_size: int, num_workers: int = 0, see
     """
     dataset = CropPairs(urls, PairSpec(pairs_per_clip), seed=seed, rank=rank, world_size=world_size,
                         size=size, **dataset_kwargs)
-    loader = WindowLoader(dataset, batch_size, num_workers, pin_memory, prefetch_factor)
-    if state is not None:
-        loader.load_state_dict(state)
-    return loader
+    return loader_over(dataset, batch_size, num_workers, pin_memory, prefetch_factor, state)
 
 
 class ValPairs(FixedItems):
