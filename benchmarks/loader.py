@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from shards.dataset import TrainWindows, WindowLoader, make_loader, shard_urls  # noqa: E402
+from shards.dataset import TrainWindows  # noqa: E402
+from shards.loader import WindowLoader, make_loader  # noqa: E402
+from shards.sources import shard_urls  # noqa: E402
 from shards.windows import WindowSpec, collate  # noqa: E402
 
 

@@ -26,7 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from preprocess.clip import prepare_clip  # noqa: E402
 from preprocess.discover import discover  # noqa: E402
-from preprocess.pipeline import ShardSettings, run_shards  # noqa: E402
+from preprocess.pipeline import run_shards  # noqa: E402
+from preprocess.settings import ShardSettings  # noqa: E402
 from preprocess.synthetic import make_synthetic_ravdess  # noqa: E402
 
 

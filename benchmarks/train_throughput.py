@@ -41,8 +41,9 @@ from float.loss import rectified_flow_loss  # noqa: E402
 from float.model import FloatMotionModel, count_parameters  # noqa: E402
 from float.motion_autoencoder import MotionAutoEncoder  # noqa: E402
 from preprocess.media import decode_audio, decode_video  # noqa: E402
-from preprocess.synthetic import write_mp4  # noqa: E402
-from shards.dataset import make_loader, shard_urls  # noqa: E402
+from preprocess.mp4 import write_mp4  # noqa: E402
+from shards.loader import make_loader  # noqa: E402
+from shards.sources import shard_urls  # noqa: E402
 from shards.windows import WindowSpec  # noqa: E402
 from trainer.ema import EMA  # noqa: E402
 from trainer.run import resolve_precision, to_device  # noqa: E402

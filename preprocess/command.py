@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from preprocess.pipeline import DEFAULT_SYNTHETIC_DIR, default_workers
+from preprocess.settings import DEFAULT_SYNTHETIC_DIR, default_workers
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -98,8 +98,11 @@ def shards(
     actor, written atomically; rerunning resumes where a previous run stopped. By default also writes
     crop shards (face crops + 16 kHz audio) to <out>-crops; --from-crops re-encodes latents from them.
     """
-    from preprocess.pipeline import PipelineError, ShardSettings, merge_part_outputs, run_shards
-    from shards.manifest import ManifestError
+    from preprocess.errors import PipelineError
+    from preprocess.output import merge_part_outputs
+    from preprocess.pipeline import run_shards
+    from preprocess.settings import ShardSettings
+    from shards.errors import ManifestError
 
     if merge:
         from preprocess.crop_stage import default_crops_out

@@ -3,7 +3,7 @@
 
 Written in the same pass as the latent shards, from the very frames the motion
 encoder sees (no second decode), split by actor the same way, with the same
-atomic writer, resume and part rules as the latent folder (preprocess/pipeline.py):
+atomic writer, resume and part rules as the latent folder (preprocess/output.py):
 the crop folder has its own manifest and fingerprint, which depends on the crop
 settings and the actor split but not on the encoders, so a crop folder stays
 valid whichever motion encoder the latents are made with.
@@ -13,6 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from preprocess.errors import PipelineError
+from preprocess.output import ManifestKeeper, open_writers, prepare_out_folder
+from preprocess.settings import crop_info, frame_content
 from shards.crops import CROPS_KIND, crop_manifest_base, crop_members
 from shards.format import FORMAT_VERSION, SPLITS
 from shards.writer import ShardWriter
@@ -26,52 +29,30 @@ def default_crops_out(out: Path) -> Path:
     return out.with_name(out.name + CROPS_SUFFIX)
 
 
-def crop_content(cfg, input_size: int, crop: dict, split_of: dict, actor_order) -> dict:
-    """What changes crop samples or their split (hashed into the crop fingerprint)."""
-    return {
-        "format_version": FORMAT_VERSION, "fps": cfg.fps, "sampling_rate": cfg.sampling_rate,
-        "input_size": input_size, "crop": crop,
-        "val_actors": sorted((a for a, sp in split_of.items() if sp == "val"), key=actor_order),
-        "test_actors": sorted((a for a, sp in split_of.items() if sp == "test"), key=actor_order),
-    }
-
-
 class CropOutput:
     """Writers, manifest keeper and already-written keys of the crop folder of one run."""
 
-    def __init__(self, folder: Path, keeper, writers: dict[str, ShardWriter], done: set[str]):
+    def __init__(self, folder: Path, keeper: ManifestKeeper, writers: dict[str, ShardWriter], done: set[str]):
         self.folder, self.keeper, self.writers, self.done = folder, keeper, writers, done
         self.written = {split: 0 for split in SPLITS}
 
     @classmethod
     def open(cls, s, cfg, input_size: int, split_of: dict, root: Path, kind: str, part,
              log: Callable[[str], None]) -> "CropOutput":
-        from preprocess.pipeline import _crop_info, _ManifestKeeper, _prepare_out_folder, output_names
-        from preprocess.splits import PipelineError, _actor_order, index_range
-
         folder = Path(s.crops_out) if s.crops_out is not None else default_crops_out(s.out)
         if folder.resolve() == Path(s.out).resolve():
             raise PipelineError(f"--crops-out {folder} is the latent shard folder --out: give crops a folder "
                                 "of their own")
-        crop = _crop_info(s.crop)
-        content = crop_content(cfg, input_size, crop, split_of, _actor_order)
+        crop = crop_info(s.crop)
+        content = frame_content(cfg, input_size, crop, split_of)  # what changes crop samples or their split
         settings = {"input_root": str(root), "input_kind": kind, "input_size": input_size, "crop": s.crop,
                     "latents_out": str(s.out), "splits": {"val": content["val_actors"],
                                                          "test": content["test_actors"]},
                     "part": s.part, "shard_size_mb": s.shard_size_mb, "shard_samples": s.shard_samples,
                     "min_seconds": s.min_seconds, "vocal_channels": list(s.vocal_channels)}
         base = crop_manifest_base(input_size, crop, content, settings)
-        scans, known = _prepare_out_folder(folder, part, s.overwrite, base, log)
-        start, end = index_range(part)
-        keeper = _ManifestKeeper(folder, output_names(part)[0], base,
-                                 [sc for sc in scans if start <= sc.index < end], known)
-        max_bytes = int(s.shard_size_mb * 1024 * 1024)
-        writers = {}
-        for split in SPLITS:
-            used = [sc.index for sc in keeper.scans if sc.split == split]
-            writers[split] = ShardWriter(folder, split, max_bytes, s.shard_samples,
-                                         start_index=max(used, default=start - 1) + 1, end_index=end,
-                                         on_complete=keeper.shard_completed)
+        scans, known = prepare_out_folder(folder, part, s.overwrite, base, log)
+        keeper, writers = open_writers(folder, part, base, scans, known, s.shard_size_mb, s.shard_samples)
         return cls(folder, keeper, writers, {k for sc in scans for k in sc.keys})
 
     def add(self, split: str, prepared) -> None:

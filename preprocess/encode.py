@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from float.device import resolve_device
+from preprocess.errors import EncoderSetupError
 from shards.sample import REFERENCE_QUALITY, REFERENCE_SIZE
 
 from float.config import EMOTIONS, SAMPLES_PER_FRAME, SAMPLING_RATE
@@ -43,10 +44,6 @@ MEL_LOG_FLOOR = 1e-6
 
 
 AUDIO_KINDS = ("wav2vec2", "mel")
-
-
-class EncoderSetupError(ValueError):
-    """Weights or options that cannot be used; raised before any clip is processed."""
 
 
 class LogMel:

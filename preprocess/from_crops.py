@@ -19,12 +19,18 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from preprocess.errors import EncoderSetupError, PipelineError
+from preprocess.output import open_writers, output_names, prepare_out_folder, write_errors
+from preprocess.pipeline import sample_members
+from preprocess.report import RunSummary, format_summary, progress_bar
+from preprocess.settings import check_options, describe_run
+from preprocess.splits import part_of
 from shards.crops import CROP_MEMBERS, CROP_ONLY_MEMBERS, CropClip, CropSampleError, crop_shard_urls, \
     read_crop_manifest
-from shards.dataset import ShardError, iter_tar_samples
+from shards.errors import ManifestError, ShardError
 from shards.format import SPLITS
-from shards.manifest import ManifestError, fingerprint_inputs, settings_fingerprint
-from shards.writer import ShardWriter
+from shards.manifest import fingerprint_inputs, settings_fingerprint
+from shards.tar import iter_tar_samples
 
 
 def _prepared(clip: CropClip):
@@ -45,15 +51,12 @@ def _prepared(clip: CropClip):
 
 def run_from_crops(s, log: Callable[[str], None]):
     """The whole --from-crops run (called by preprocess.pipeline.run_shards); returns a RunSummary."""
-    from preprocess.encode import EncoderSetupError, build_encoder
-    from preprocess.pipeline import (RunSummary, _check_options, _describe_run, _ManifestKeeper, _prepare_out_folder,
-                                     _progress, _write_errors, format_summary, output_names, sample_members)
-    from preprocess.splits import PipelineError, index_range, part_of
+    from preprocess.encode import build_encoder
 
     t0 = time.time()
     if s.ravdess is not None or s.input is not None:
         raise PipelineError("--from-crops reads no videos: drop --ravdess / --input")
-    part, cfg, _ = _check_options(s)
+    part, cfg, _ = check_options(s)
     folder = Path(s.from_crops)
     try:
         crops = read_crop_manifest(folder)
@@ -71,7 +74,7 @@ def run_from_crops(s, log: Callable[[str], None]):
     # The crop manifest's content settings carry the actor split the crops were written with.
     crop_content = crops["fingerprint_inputs"]["settings"]
     split_of = {a: "val" for a in crop_content["val_actors"]} | {a: "test" for a in crop_content["test_actors"]}
-    base = _describe_run(s, cfg, input_size, encoder, split_of, folder, "crops")
+    base = describe_run(s, cfg, input_size, encoder, split_of, folder, "crops")
     content = dict(base["fingerprint_inputs"]["settings"], crop=crops["crop"], from_crops=crops["fingerprint"])
     encoder_fps = encoder.fingerprints()
     base.update(crop=crops["crop"], fingerprint_inputs=fingerprint_inputs(content, encoder_fps),
@@ -80,17 +83,10 @@ def run_from_crops(s, log: Callable[[str], None]):
     out = Path(s.out)
     if out.resolve() == folder.resolve():
         raise PipelineError(f"--out {out} is the crop folder: write latents to a folder of their own")
-    scans, known = _prepare_out_folder(out, part, s.overwrite, base, log)
+    scans, known = prepare_out_folder(out, part, s.overwrite, base, log)
     done = {k for scan in scans for k in scan.keys}
     manifest_name, errors_name = output_names(part)
-    start, end = index_range(part)
-    keeper = _ManifestKeeper(out, manifest_name, base, [sc for sc in scans if start <= sc.index < end], known)
-    max_bytes = int(s.shard_size_mb * 1024 * 1024)
-    writers = {}
-    for split in SPLITS:
-        used = [sc.index for sc in keeper.scans if sc.split == split]
-        writers[split] = ShardWriter(out, split, max_bytes, s.shard_samples, start_index=max(used, default=start - 1) + 1,
-                                     end_index=end, on_complete=keeper.shard_completed)
+    keeper, writers = open_writers(out, part, base, scans, known, s.shard_size_mb, s.shard_samples)
     if encoder.encoders_info["motion"]["random"]:
         log("NOTE: these shards will be labelled random-weight shards in the manifest")
     log(f"encoding latents from the crop shards in {folder} ({sum(e['clips'] for e in crops['splits'].values())} "
@@ -98,7 +94,7 @@ def run_from_crops(s, log: Callable[[str], None]):
 
     written = {split: 0 for split in SPLITS}
     frames_written, errors = 0, []
-    progress = _progress(sum(e["clips"] for e in crops["splits"].values()), s.progress)
+    progress = progress_bar(sum(e["clips"] for e in crops["splits"].values()), s.progress)
     try:
         for split in SPLITS:
             if not crops["splits"].get(split, {}).get("clips"):
@@ -135,7 +131,7 @@ def run_from_crops(s, log: Callable[[str], None]):
 
     manifest = keeper.write()
     errors_file = out / errors_name
-    _write_errors(errors_file, errors)
+    write_errors(errors_file, errors)
     present = {split: manifest["splits"][split]["clips"] for split in SPLITS}
     summary = RunSummary(out, written, present, frames_written, len(errors), errors_file, out / manifest_name,
                          time.time() - t0)

@@ -18,19 +18,9 @@ import numpy as np
 
 from float.config import FPS, SAMPLES_PER_FRAME, SAMPLING_RATE  
 from preprocess.discover import split_zip_member_path
+from preprocess.errors import ClipError
 # A clip whose decoded video ends this much before the container says it should is truncated.
 TRUNCATION_TOLERANCE_S = 0.5
-
-
-class ClipError(Exception):
-    """A clip that cannot be used; str(error) is the human-readable reason."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return self.reason
 
 
 def describe(src: str) -> str:

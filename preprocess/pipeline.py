@@ -22,101 +22,31 @@ folder, and writes ``manifest.part-i-of-N.json`` and ``errors.part-i-of-N.jsonl`
 Once all parts' shards sit in one folder, ``merge_part_outputs`` (``floatctl
 shards --merge``) writes the combined ``manifest.json`` and ``errors.jsonl``.
 The actor split is computed from the whole dataset, so every part agrees on it.
+
+Here: the order of the stage and the clip loop. Its options and what a run records
+in its manifest are in preprocess/settings.py; the output folder (overwrite,
+resume, refusal, manifest keeper, shard writers, errors.jsonl, merge) in
+preprocess/output.py; progress and the summary in preprocess/report.py.
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-from shards.files import atomic_write_text, remove_stale_temporaries
 from float.config import FPS
-from shards.files import file_sha256
-from shards.format import ERRORS, FORMAT_VERSION, MANIFEST, SPLITS
-from shards.inspect import ShardScan, list_shards, list_tmp_shards, scan_shard
-from shards.manifest import (CREATED_BY, ManifestError, build_manifest, diff_settings, fingerprint_inputs,
-                             format_diff, list_part_manifests, merge_parts, part_manifest_name, read_manifest,
-                             settings_fingerprint, write_manifest)
+from preprocess.errors import ClipError, EncoderSetupError, PipelineError
+from preprocess.output import ManifestKeeper, open_writers, output_names, prepare_out_folder, write_errors
+from preprocess.report import RunSummary, format_summary, progress_bar
+from preprocess.settings import ShardSettings, check_options, describe_run
+from preprocess.splits import assign_splits, part_of
+from shards.format import SPLITS
 from shards.sample import encode_sample, sample_meta
-from shards.tar import ShardError
-from shards.writer import TMP_SUFFIX, ShardInfo, ShardWriter, parse_shard_name
-from preprocess.splits import (PipelineError, _actor_order, assign_splits, index_range,  # noqa: F401  (API)
-                               parse_part, part_of)
-
-DEFAULT_SYNTHETIC_DIR = Path("data/synthetic_ravdess")
-
-
-def default_workers() -> int:
-    """One decoding process per core, leaving one core for encoding (at least 1, at most 8)."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-@dataclass
-class ShardSettings:
-    """Every option of ``floatctl shards`` (see preprocess/command.py for their help)."""
-    ravdess: Path | None = None
-    input: Path | None = None
-    out: Path = Path("data/shards")
-    preset: str = "tiny"
-    input_size: int | None = None  # None: the preset's
-    crop: str = "auto"
-    audio_features: str = "auto"
-    wav2vec2: Path | None = None
-    ser: Path | None = None
-    float_ckpt: Path | None = None
-    vocal_channels: tuple[str, ...] = ("speech", "song")
-    val_actors: int = 2
-    test_actors: int = 2
-    val_ids: tuple[str, ...] = ()
-    test_ids: tuple[str, ...] = ()
-    workers: int = field(default_factory=default_workers)
-    batch_size: int = 64
-    device: str = "auto"
-    part: str | None = None
-    shard_size_mb: float = 256.0
-    shard_samples: int | None = None
-    min_seconds: float = 2.0
-    seed: int = 0
-    overwrite: bool = False
-    synthetic_dir: Path = DEFAULT_SYNTHETIC_DIR
-    progress: bool = True
-    crops: bool = True  # also write crop shards (preprocess/crop_stage.py)
-    crops_out: Path | None = None  # None: <out>-crops
-    from_crops: Path | None = None  # encode latents from this crop folder instead of videos
-    motion_ckpt: Path | None = None  # stage-1 checkpoint of floatctl train-motion
-
-    def as_json(self) -> dict:
-        d = asdict(self)
-        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
-
-
-@dataclass
-class RunSummary:
-    out: Path
-    written: dict[str, int]  # new samples per split
-    present: dict[str, int]  # samples per split in the folder's complete shards at the end
-    frames_written: int
-    rejected: int
-    errors_file: Path
-    manifest_file: Path | None
-    seconds: float
-    crops_manifest_file: Path | None = None
-
-    @property
-    def total_present(self) -> int:
-        return sum(self.present.values())
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.total_present > 0 else 1
 
 
 def sample_members(key: str, split: str, prepared, encoded, settings_fp: str, encoder_fps: dict) -> dict[str, bytes]:
@@ -142,7 +72,6 @@ def _init_worker() -> None:
 def _prepare_one(src, input_size: int, crop: str, min_seconds: float):
     """Runs in a worker: (PreparedClip, None) or (None, {"file", "reason"}). Never raises."""
     from preprocess.clip import prepare_clip
-    from preprocess.media import ClipError
 
     try:
         return prepare_clip(src, input_size, crop=crop, min_seconds=min_seconds), None
@@ -204,176 +133,8 @@ def resolve_input(s: ShardSettings, log=_log) -> tuple[Path, str]:
     return root, kind
 
 
-def _crop_info(crop: str) -> dict:
-    if crop == "none":
-        return {"mode": "none", "scale": None, "detector": None}
-    from preprocess import face
-
-    return {"mode": "auto", "scale": face.CROP_SCALE, "detector": face.DETECTOR}
-
-
-def output_names(part: tuple[int, int] | None) -> tuple[str, str]:
-    """(manifest, errors) file names of a run: the shared ones, or the part's own."""
-    if part is None:
-        return MANIFEST, ERRORS
-    i, n = part
-    return part_manifest_name(i, n), f"errors.part-{i}-of-{n}.jsonl"
-
-
-def _owned_shard_files(out: Path, start: int, end: int) -> list[Path]:
-    """Complete and temporary shards whose index lies in this run's range [start, end)."""
-    mine = [p for p in list_shards(out) if start <= parse_shard_name(p.name)[1] < end]
-    tmps = [p for p in list_tmp_shards(out) if start <= parse_shard_name(p.name[:-len(TMP_SUFFIX)])[1] < end]
-    return mine + tmps
-
-
-def _refuse_if_different(out: Path, scans, fingerprint: str, new_manifest: dict) -> None:
-    stale = sorted({fp for scan in scans for fp in scan.fingerprints} - {fingerprint})
-    if not stale:
-        return
-    old = None
-    candidates = [MANIFEST] + [p.name for p in list_part_manifests(out).values()]
-    for name in candidates:
-        try:
-            m = read_manifest(out, name)
-        except ManifestError:
-            continue
-        if m["fingerprint"] in stale:
-            old = m
-            break
-    what = (format_diff(diff_settings(old, new_manifest)) if old is not None else
-            f"settings fingerprint {stale[0][:12]} vs {fingerprint[:12]} (no manifest left to name the settings)")
-    files = sorted(scan.name for scan in scans if scan.fingerprints - {fingerprint})
-    raise PipelineError(
-        f"{out}: existing shards ({', '.join(files[:5])}{' ...' if len(files) > 5 else ''}) were made with "
-        f"different settings: {what}. Use another --out, or --overwrite to delete them and start over.")
-
-
-class _ManifestKeeper:
-    """The run's manifest, rewritten (atomically) after every completed shard."""
-
-    def __init__(self, out: Path, name: str, base: dict, scans: list[ShardScan], known_hashes: dict):
-        self.out, self.name, self.base = out, name, base
-        self.scans = list(scans)
-        self.known_hashes = known_hashes  # {(name, bytes): sha256} from manifests already on disk
-        self.hashes: dict[str, str] = {}
-        self.frames_of: dict[str, int] = {}  # key -> frames, for clips written by this run
-        self.actor_of: dict[str, str] = {}
-
-    def current(self) -> dict:
-        for sc in self.scans:
-            if sc.name not in self.hashes:
-                self.hashes[sc.name] = self.known_hashes.get((sc.name, sc.bytes)) or file_sha256(self.out / sc.name)
-        return build_manifest(self.scans, self.hashes, self.base)
-
-    def shard_completed(self, info: ShardInfo) -> None:
-        split, index = parse_shard_name(info.name)
-        self.scans.append(ShardScan(info.name, split, index, info.bytes, list(info.keys),
-                                    sum(self.frames_of[k] for k in info.keys), {self.base["fingerprint"]},
-                                    {self.actor_of[k] for k in info.keys}))
-        self.hashes[info.name] = info.sha256
-        self.write()
-
-    def write(self) -> dict:
-        manifest = self.current()
-        write_manifest(self.out, manifest, self.name)
-        return manifest
-
-
-def _check_options(s: ShardSettings):
-    """Everything checkable without touching the data: (part, preset config, input size)."""
-    from float.config import get_preset
-    from preprocess.encode import EncoderSetupError, check_weight_paths, resolve_audio_kind
-
-    part = parse_part(s.part)
-    if s.motion_ckpt is not None and s.float_ckpt is not None:
-        raise PipelineError("--motion-ckpt and --float-ckpt both give the motion encoder: pass one")
-    if s.motion_ckpt is not None and not Path(s.motion_ckpt).is_file():
-        raise PipelineError(f"--motion-ckpt {s.motion_ckpt}: no such file")
-    try:
-        check_weight_paths(s.float_ckpt, s.wav2vec2, s.ser)  # first: the issue asks for this before any work
-        resolve_audio_kind(s.audio_features, s.wav2vec2)
-    except EncoderSetupError as e:
-        raise PipelineError(str(e)) from None
-    if s.crop not in ("auto", "none"):
-        raise PipelineError(f"--crop must be auto or none, got {s.crop!r}")
-    if s.shard_size_mb <= 0:
-        raise PipelineError(f"--shard-size-mb must be positive, got {s.shard_size_mb}")
-    if s.shard_samples is not None and s.shard_samples < 1:
-        raise PipelineError(f"--shard-samples must be at least 1, got {s.shard_samples}")
-    try:
-        cfg = get_preset(s.preset)
-    except ValueError as e:
-        raise PipelineError(f"--preset: {e}") from None
-    return part, cfg, s.input_size or cfg.input_size
-
-
-def _describe_run(s: ShardSettings, cfg, input_size: int, encoder, split_of: dict, root: Path, kind: str) -> dict:
-    """The manifest minus its splits: features, encoders, crop, settings and the fingerprint."""
-    crop = _crop_info(s.crop)
-    # What changes sample content or split membership; workers, batch size, shard size, part do not.
-    content = {
-        "format_version": FORMAT_VERSION, "fps": cfg.fps, "sampling_rate": cfg.sampling_rate,
-        "input_size": input_size, "crop": crop, "audio_features": encoder.audio_kind,
-        "motion_precision": encoder.motion_precision,
-        "val_actors": sorted((a for a, sp in split_of.items() if sp == "val"), key=_actor_order),
-        "test_actors": sorted((a for a, sp in split_of.items() if sp == "test"), key=_actor_order),
-    }
-    encoder_fps = encoder.fingerprints()
-    settings = s.as_json() | {"input_size": input_size, "input_root": str(root), "input_kind": kind,
-                              "audio_features": encoder.audio_kind,
-                              "splits": {"val": content["val_actors"], "test": content["test_actors"]}}
-    return {
-        "format_version": FORMAT_VERSION, "created_by": CREATED_BY,
-        "features": encoder.features_info(), "fps": cfg.fps, "sampling_rate": cfg.sampling_rate,
-        "input_size": input_size, "encoders": encoder.encoders_info, "crop": crop, "settings": settings,
-        "fingerprint_inputs": fingerprint_inputs(content, encoder_fps),
-        "fingerprint": settings_fingerprint(content, encoder_fps),
-    }
-
-
-def _prepare_out_folder(out: Path, part, overwrite: bool, base: dict, log) -> tuple[list[ShardScan], dict]:
-    """Apply --overwrite or discard stale .tmp files, scan the complete shards, refuse other
-    settings. Returns (scans of every complete shard, {(name, bytes): sha256} already known)."""
-    out.mkdir(parents=True, exist_ok=True)
-    start, end = index_range(part)
-    manifest_name, errors_name = output_names(part)
-    owned = _owned_shard_files(out, start, end)
-    if overwrite:
-        for p in owned:
-            p.unlink()
-        for name in (manifest_name, errors_name):
-            (out / name).unlink(missing_ok=True)
-        if owned:
-            log(f"--overwrite: deleted {len(owned)} shard file(s) in {out}")
-    else:
-        for tmp in (p for p in owned if p.name.endswith(TMP_SUFFIX)):
-            log(f"discarding {tmp.name}: unfinished shard of an interrupted run; its clips are redone")
-            tmp.unlink()
-    # A run killed while writing its manifest leaves the temporary file (the manifest is rebuilt at the end);
-    # "*.tmp" also matches the names writers before shards/files.py used.
-    remove_stale_temporaries(out, manifest_name)
-    for tmp in out.glob(f".{manifest_name}.*.tmp"):
-        tmp.unlink()
-    try:
-        scans = [scan_shard(p) for p in list_shards(out)]
-    except ShardError as e:
-        raise PipelineError(f"{e}; move it away (or use --overwrite) and rerun") from None
-    _refuse_if_different(out, scans, base["fingerprint"], base)
-    known = {}
-    for name in dict.fromkeys([MANIFEST, manifest_name]):
-        try:
-            old = read_manifest(out, name)
-        except ManifestError:
-            continue
-        for entry in old["splits"].values():
-            for sh in entry["shards"]:
-                known[(sh["name"], sh["bytes"])] = sh["sha256"]
-    return scans, known
-
-
 def _write_clips(todo, s: ShardSettings, input_size: int, encoder, split_of: dict, writers: dict,
-                 keeper: _ManifestKeeper, errors: list[dict], done: set = frozenset(),
+                 keeper: ManifestKeeper, errors: list[dict], done: set = frozenset(),
                  crops=None) -> tuple[dict[str, int], int]:
     """Prepare (workers) -> encode -> write, in discovery order. Returns (written per split, frames).
 
@@ -382,7 +143,7 @@ def _write_clips(todo, s: ShardSettings, input_size: int, encoder, split_of: dic
     frames_written = 0
     fingerprint, encoder_fps = keeper.base["fingerprint"], encoder.fingerprints()
     t0 = time.time()
-    progress = _progress(len(todo), s.progress)
+    progress = progress_bar(len(todo), s.progress)
     try:
         for src, (prepared, error) in _prepared_in_order(todo, s.workers, input_size, s.crop, s.min_seconds):
             if error is not None:
@@ -428,14 +189,14 @@ def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummar
     """The whole stage. Bad options, missing inputs or weights raise PipelineError before any
     clip is decoded; rejected clips go to errors.jsonl and the run goes on."""
     from preprocess.discover import discover
-    from preprocess.encode import EncoderSetupError, build_encoder
+    from preprocess.encode import build_encoder
 
     t0 = time.time()
     if s.from_crops is not None:
         from preprocess.from_crops import run_from_crops
 
         return run_from_crops(s, log)
-    part, cfg, input_size = _check_options(s)
+    part, cfg, input_size = check_options(s)
     root, kind = resolve_input(s, log)
     try:
         sources, rejected = discover(root, kind, tuple(s.vocal_channels))
@@ -448,7 +209,7 @@ def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummar
     manifest_name, errors_name = output_names(part)
     if not sources:
         out.mkdir(parents=True, exist_ok=True)
-        _write_errors(out / errors_name, errors)
+        write_errors(out / errors_name, errors)
         example = f"; e.g. {rejected[0].path}: {rejected[0].reason}" if rejected else ""
         raise PipelineError(f"{root}: no usable clips found ({len(rejected)} file(s) rejected, reasons in "
                             f"{out / errors_name}{example})")
@@ -458,8 +219,8 @@ def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummar
                                 s.seed, s.batch_size, log=log, ae_width=cfg.ae_width, motion_ckpt=s.motion_ckpt)
     except EncoderSetupError as e:
         raise PipelineError(str(e)) from None
-    base = _describe_run(s, cfg, input_size, encoder, split_of, root, kind)
-    scans, known_hashes = _prepare_out_folder(out, part, s.overwrite, base, log)
+    base = describe_run(s, cfg, input_size, encoder, split_of, root, kind)
+    scans, known_hashes = prepare_out_folder(out, part, s.overwrite, base, log)
 
     crops = None
     if s.crops:
@@ -475,14 +236,7 @@ def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummar
     if encoder.encoders_info["motion"]["random"]:
         log("NOTE: these shards will be labelled random-weight shards in the manifest")
 
-    start, end = index_range(part)
-    keeper = _ManifestKeeper(out, manifest_name, base, [sc for sc in scans if start <= sc.index < end], known_hashes)
-    max_bytes = int(s.shard_size_mb * 1024 * 1024)
-    writers = {}
-    for split in SPLITS:
-        used = [sc.index for sc in keeper.scans if sc.split == split]
-        writers[split] = ShardWriter(out, split, max_bytes, s.shard_samples, start_index=max(used, default=start - 1) + 1,
-                                     end_index=end, on_complete=keeper.shard_completed)
+    keeper, writers = open_writers(out, part, base, scans, known_hashes, s.shard_size_mb, s.shard_samples)
     written, frames_written = _write_clips(todo, s, input_size, encoder, split_of, writers, keeper, errors,
                                            done, crops)
 
@@ -490,53 +244,10 @@ def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummar
     if crops is not None:
         log(crops.summary(crops.finish()))
     errors_file = out / errors_name
-    _write_errors(errors_file, errors)
+    write_errors(errors_file, errors)
     present = {split: manifest["splits"][split]["clips"] for split in SPLITS}
     summary = RunSummary(out, written, present, frames_written, len(errors), errors_file,
                          out / manifest_name, time.time() - t0,
                          crops.folder / manifest_name if crops is not None else None)
     log(format_summary(summary, manifest))
     return summary
-
-
-def _write_errors(path: Path, errors: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
-
-
-class _NoProgress:
-    def update(self, n=1): pass
-    def set_postfix(self, **kw): pass
-    def close(self): pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoProgress()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="clip", desc="shards", file=sys.stderr, dynamic_ncols=True)
-
-
-def format_summary(summary: RunSummary, manifest: dict) -> str:
-    lines = [f"done in {summary.seconds:.1f} s: {sum(summary.written.values())} clip(s) written "
-             f"({summary.frames_written} frames), {summary.rejected} rejected -> {summary.errors_file}"]
-    for split in SPLITS:
-        e = manifest["splits"][split]
-        lines.append(f"  {split:<5} {e['clips']:>6} clips {e['frames']:>8} frames {len(e['shards']):>4} shards"
-                     f"  (+{summary.written[split]} this run)")
-    lines.append(f"manifest: {summary.manifest_file}")
-    if summary.total_present == 0:
-        lines.append("ERROR: no clip could be written; see the reasons in " + str(summary.errors_file))
-    return "\n".join(lines)
-
-
-def merge_part_outputs(out: Path, allow_missing: bool = False) -> dict:
-    """``floatctl shards --merge``: manifest.json from the part manifests, errors.jsonl from the
-    part error files. Raises ManifestError naming the file on any inconsistency."""
-    out = Path(out)
-    manifest = merge_parts(out, allow_missing=allow_missing)
-    lines = []
-    for p in sorted(out.glob("errors.part-*-of-*.jsonl")):
-        lines.extend(line for line in p.read_text().splitlines() if line.strip())
-    atomic_write_text(out / ERRORS, "".join(line + "\n" for line in lines))
-    return manifest

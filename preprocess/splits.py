@@ -7,11 +7,8 @@ from __future__ import annotations
 import hashlib
 from typing import Callable
 
+from preprocess.errors import PipelineError
 from shards.writer import MAX_INDEX
-
-
-class PipelineError(RuntimeError):
-    """A problem with the inputs or options, reported before (or instead of) doing the work."""
 
 
 def parse_part(part: str | None) -> tuple[int, int] | None:
@@ -41,7 +38,7 @@ def index_range(part: tuple[int, int] | None) -> tuple[int, int]:
     return (i - 1) * step, i * step
 
 
-def _actor_order(actor: str):
+def actor_order(actor: str):
     return (0, int(actor), actor) if actor.isdigit() else (1, 0, actor)
 
 
@@ -52,7 +49,7 @@ def assign_splits(actors, n_val: int = 2, n_test: int = 2, val_ids=(), test_ids=
     few actors the counts shrink (the larger first, test on a tie; with a warning) until at
     most half of the actors are held out: 4 actors with 2/2 give 2 train, 1 val, 1 test;
     2 actors give 1 train, 1 val; 1 actor trains alone."""
-    actors = sorted(set(actors), key=_actor_order)
+    actors = sorted(set(actors), key=actor_order)
     if n_val < 0 or n_test < 0:
         raise PipelineError("--val-actors and --test-actors must be >= 0")
     val_ids, test_ids = [str(a) for a in val_ids], [str(a) for a in test_ids]

@@ -17,18 +17,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
-import av
 import cv2
 import numpy as np
 
 from preprocess.discover import RAVDESS_EMOTIONS
-from shards.files import atomic_path
+from preprocess.mp4 import write_mp4
 
 VIDEO_RATE = Fraction(30000, 1001)  # RAVDESS's 29.97 fps
 AUDIO_RATE = 48000
-AUDIO_FRAME = 1024  # AAC frame size
 
 # In the astronaut photo (512 x 512): the face's centre and size, and the mouth.
 FACE_CENTRE = (224.0, 113.0)
@@ -117,41 +115,6 @@ def _head_transform(t: float, opening: float, base: np.ndarray, phases: np.ndarr
     moved = base.copy()
     moved[:2, 2] += (dx, dy)
     return (moved @ rotation)[:2]
-
-
-def write_mp4(path: Path, frames: Iterable[np.ndarray], size: tuple[int, int], fps: Fraction | int = VIDEO_RATE,
-              audio: np.ndarray | None = None, audio_rate: int = AUDIO_RATE, crf: int = 20) -> Path:
-    """Write RGB frames (H.264, yuv420p) and optional audio (channels, n) float32 (AAC) to an mp4.
-
-    Written under a temporary name and renamed, so a killed run never leaves a half file.
-    Deterministic: x264 runs on one thread (its output depends on the thread count).
-    """
-    path = Path(path)
-    width, height = size
-    rate = Fraction(fps)
-    with atomic_path(path) as temporary, av.open(str(temporary), mode="w", format="mp4") as container:
-        video = container.add_stream("libx264", rate=rate)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.codec_context.options = {"preset": "ultrafast", "crf": str(crf), "threads": "1"}
-        sound = None
-        if audio is not None:
-            audio = np.atleast_2d(np.asarray(audio, dtype=np.float32))
-            layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
-            sound = container.add_stream("aac", rate=audio_rate, layout=layout)
-            sound.codec_context.options = {"aac_coder": "fast"}  # the default two-loop coder is 3x slower
-        for k, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            frame.pts, frame.time_base = k, 1 / rate
-            container.mux(video.encode(frame))
-        container.mux(video.encode(None))
-        if sound is not None:
-            for start in range(0, audio.shape[1], AUDIO_FRAME):
-                chunk = np.ascontiguousarray(audio[:, start:start + AUDIO_FRAME])
-                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=sound.layout.name)
-                frame.sample_rate, frame.pts, frame.time_base = audio_rate, start, Fraction(1, audio_rate)
-                container.mux(sound.encode(frame))
-            container.mux(sound.encode(None))
-    return path
 
 
 @dataclass(frozen=True)

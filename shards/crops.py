@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from float.config import EMOTIONS, FPS, SAMPLES_PER_FRAME, SAMPLING_RATE
-from shards.format import EMOTION, META, encode_json, encode_npy
-from shards.manifest import ManifestError, read_manifest
+from shards.errors import CropSampleError, ManifestError
+from shards.format import EMOTION, META, encode_json, encode_npy, member_problems
+from shards.manifest import read_manifest
 
 CROPS_KIND = "crops"
 LATENTS_KIND = "latents"
@@ -46,10 +47,6 @@ CROP_ONLY_MEMBERS = (JPEGS, OFFSETS, WAVE)  # what tells a crop shard from a lat
 JPEG_QUALITY = 90
 WAVE_DTYPE = np.float32
 REQUIRED_META = ("key", "actor", "split", "n_frames", "fps", "size", "source", "settings_fingerprint")
-
-
-class CropSampleError(ValueError):
-    """A crop sample that cannot be used; the message says why (the caller adds shard and key)."""
 
 
 def manifest_kind(manifest: dict) -> str:
@@ -231,13 +228,7 @@ def check_crop_sample(key: str, members: dict[str, bytes], manifest: dict, split
     Checks members, meta, offsets, audio length, the emotion vector, and decodes the first and
     last frame (decoding every frame would make inspect as slow as the shard stage).
     """
-    problems: list[str] = []
-    missing = sorted(set(CROP_MEMBERS) - set(members))
-    extra = sorted(set(members) - set(CROP_MEMBERS))
-    if missing:
-        problems.append(f"{where}: missing members {missing}")
-    if extra:
-        problems.append(f"{where}: unexpected members {extra}")
+    problems = member_problems(members, CROP_MEMBERS, where)
     meta: dict = {}
     try:
         clip = CropClip(key, members)

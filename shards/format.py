@@ -71,3 +71,15 @@ def decode_npy(data: bytes) -> np.ndarray:
 
 def encode_json(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, indent=None).encode()
+
+
+def member_problems(members, expected, where: str) -> list[str]:
+    """A sample's missing and unexpected members, as ``floatctl inspect`` reports them."""
+    problems = []
+    missing = sorted(set(expected) - set(members))
+    extra = sorted(set(members) - set(expected))
+    if missing:
+        problems.append(f"{where}: missing members {missing}")
+    if extra:
+        problems.append(f"{where}: unexpected members {extra}")
+    return problems

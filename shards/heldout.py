@@ -8,8 +8,9 @@ from typing import Callable
 import numpy as np
 
 from shards.format import KNOWN_MEMBERS, REFERENCE, SPLITS
-from shards.sample import CorruptSample, decode_clip, decode_reference, read_meta
-from shards.tar import ShardError, iter_tar_samples
+from shards.errors import CorruptSample, ShardError
+from shards.sample import decode_clip, decode_reference, read_meta
+from shards.tar import iter_tar_samples
 
 Log = Callable[[str], None]
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from shards.crops import CROPS_KIND, check_crop_sample, manifest_kind
 from shards.files import file_sha256
 from shards.format import MANIFEST, META, SPLITS
-from shards.manifest import ManifestError, read_manifest
+from shards.errors import ManifestError, ShardError
+from shards.manifest import read_manifest
 from shards.sample import check_sample
-from shards.tar import ShardError, iter_tar_samples
+from shards.tar import iter_tar_samples
 from shards.writer import TMP_SUFFIX, parse_shard_name
 
 MAX_LISTED_PROBLEMS = 50

@@ -19,6 +19,7 @@ import json
 import re
 from pathlib import Path
 
+from shards.errors import ManifestError
 from shards.files import atomic_write_text
 from shards.format import FORMAT_VERSION, MANIFEST, SPLITS
 
@@ -26,10 +27,6 @@ CREATED_BY = "floatctl shards"
 _PART_RE = re.compile(r"^manifest\.part-(\d+)-of-(\d+)\.json$")
 REQUIRED_KEYS = ("format_version", "created_by", "splits", "features", "fps", "sampling_rate",
                  "input_size", "encoders", "crop", "settings", "fingerprint")
-
-
-class ManifestError(ValueError):
-    """A manifest that is missing, unreadable or inconsistent; the message names the file."""
 
 
 def part_manifest_name(part: int, parts: int) -> str:

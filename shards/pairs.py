@@ -4,7 +4,7 @@ The stream is TrainWindows's (shards/dataset.py) with two hooks changed: a clip
 is a lazily decoded crop sample (shards/crops.py) and what is drawn from it is
 ``pairs_per_clip`` pairs of two different frames. Blocks, shuffle buffer, shard
 assignment, skipping of corrupt samples and the exact-resume positions are the
-same code, so ``make_pair_loader`` returns a WindowLoader with the same
+same code, so ``make_pair_loader`` returns a WindowLoader (shards/loader.py) with the same
 ``state_dict()`` / ``load_state_dict()`` / ``skipped`` API.
 
 Only the drawn frames are JPEG-decoded, in the worker, when the clip is drawn
@@ -18,10 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from shards.crops import CROP_ONLY_MEMBERS, JPEGS, OFFSETS, CropClip, CropSampleError
-from shards.dataset import TrainWindows, WindowLoader
+from shards.crops import CROP_ONLY_MEMBERS, JPEGS, OFFSETS, CropClip
+from shards.dataset import TrainWindows
+from shards.errors import CorruptSample
+from shards.loader import WindowLoader, loader_over
 from shards.tar import iter_tar_samples
-from shards.sample import CorruptSample
+from shards.validation import FixedItems
 from shards.windows import _empty
 
 log = logging.getLogger(__name__)
@@ -51,10 +53,7 @@ def draw_pairs(clip: CropClip, count: int, rng: np.random.Generator, size: int |
 
     def frame(i: int) -> np.ndarray:
         if i not in decoded:
-            try:
-                img = clip.frame(i)
-            except CropSampleError as e:
-                raise CorruptSample(str(e)) from e
+            img = clip.frame(i)  # CropSampleError (a CorruptSample) when it does not decode
             if size is not None and img.shape[0] != size:
                 raise CorruptSample(f"frame {i} is {img.shape[0]} px, expected {size}")
             decoded[i] = img
@@ -110,10 +109,7 @@ class CropPairs(TrainWindows):
         return ["pairs", self.spec.pairs_per_clip, self.size]
 
     def decode(self, key: str, members: dict[str, bytes]) -> CropClip:
-        try:
-            return CropClip(key, members)
-        except CropSampleError as e:
-            raise CorruptSample(str(e)) from e
+        return CropClip(key, members)  # CropSampleError is a CorruptSample: the stream skips the clip
 
     def draw(self, clip: CropClip, rng: np.random.Generator) -> list[dict]:
         return draw_pairs(clip, self.spec.pairs_per_clip, rng, self.size)
@@ -130,13 +126,10 @@ def make_pair_loader(urls: list[str], batch_size: int, num_workers: int = 0, see
     """
     dataset = CropPairs(urls, PairSpec(pairs_per_clip), seed=seed, rank=rank, world_size=world_size,
                         size=size, **dataset_kwargs)
-    loader = WindowLoader(dataset, batch_size, num_workers, pin_memory, prefetch_factor)
-    if state is not None:
-        loader.load_state_dict(state)
-    return loader
+    return loader_over(dataset, batch_size, num_workers, pin_memory, prefetch_factor, state)
 
 
-class ValPairs(torch.utils.data.Dataset):
+class ValPairs(FixedItems):
     """A fixed list of held-out pairs: shards in the given order, clips in tar order, clip ``c``'s
     pairs drawn with ``default_rng([seed, c])``, so the list depends only on the data and the seed."""
 
@@ -145,8 +138,8 @@ class ValPairs(torch.utils.data.Dataset):
         if not urls:
             raise ValueError("ValPairs: no shard URLs")
         PairSpec(pairs_per_clip)  # validates the count
-        self.pairs: list[dict] = []
-        self.skipped = 0
+        super().__init__(collate_pairs)
+        self.pairs = self.items  # the same list, under the name the callers read
         clips = 0
         for url in urls:
             for key, members in iter_tar_samples(url, _PAIR_MEMBERS, known_members=CROP_ONLY_MEMBERS):
@@ -158,20 +151,9 @@ class ValPairs(torch.utils.data.Dataset):
                         self.skipped += 1
                         continue
                     pairs = draw_pairs(clip, pairs_per_clip, np.random.default_rng([seed, clips]), size)
-                except (CropSampleError, CorruptSample) as e:
+                except CorruptSample as e:  # CropSampleError included
                     log.warning("%s: skipping corrupt sample %s: %s", url, key, e)
                     self.skipped += 1
                     continue
                 self.pairs.extend(pairs)
                 clips += 1
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.pairs[index]
-
-    def batches(self, batch_size: int, rank: int = 0, world_size: int = 1) -> list[dict]:
-        """Collated batches of this rank's share (every ``world_size``-th pair), in order."""
-        mine = self.pairs[rank::world_size]
-        return [collate_pairs(mine[i:i + batch_size]) for i in range(0, len(mine), batch_size)]

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from shards.errors import CorruptSample
 from shards.format import (AUDIO, AUDIO_DTYPE, EMOTION, EMOTION_PROBS, EMOTIONS, FORMAT_VERSION, LAMBDAS, META,
                            MOTION, MOTION_DTYPE, REFERENCE, REQUIRED_MEMBERS, REQUIRED_META, decode_npy,
-                           encode_json, encode_npy)
+                           encode_json, encode_npy, member_problems)
 
 REFERENCE_SIZE = 128  # side of the reference JPEG (cropped first frame)
 REFERENCE_QUALITY = 90
@@ -87,10 +88,6 @@ def read_meta(members: dict[str, bytes]) -> dict:
 
 
 # ---------------------------------------------------------------- decoding for training
-class CorruptSample(ValueError):
-    """A shard sample that cannot be used; the message says why (the caller adds shard and key)."""
-
-
 @dataclass
 class Clip:
     key: str
@@ -203,16 +200,10 @@ def _check_array(name: str, data: bytes, dtype: str, ndim: int, width: int | Non
 
 def check_sample(key: str, members: dict[str, bytes], manifest: dict, split: str, where: str) -> tuple[list[str], dict]:
     """Problems of one sample and its parsed meta ({} when unreadable)."""
-    problems: list[str] = []
     feats = manifest["features"]
     want_probs = bool(feats["emotion"].get("probs"))
     required = set(REQUIRED_MEMBERS) | ({EMOTION_PROBS} if want_probs else set())
-    missing = sorted(required - set(members))
-    extra = sorted(set(members) - required)
-    if missing:
-        problems.append(f"{where}: missing members {missing}")
-    if extra:
-        problems.append(f"{where}: unexpected members {extra}")
+    problems = member_problems(members, required, where)
     meta: dict = {}
     if META in members:
         try:

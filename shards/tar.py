@@ -16,15 +16,12 @@ from typing import Collection, Iterator
 
 from webdataset.gopen import gopen
 
+from shards.errors import ShardError
 from shards.format import KNOWN_MEMBERS, TRAINING_MEMBERS
 
 log = logging.getLogger(__name__)
 
 _MEMBER_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # WebDataset's key / suffix split
-
-
-class ShardError(ValueError):
-    """A file that is not a usable shard (not a tar, no shard members, malformed); names the file."""
 
 
 def split_member_name(name: str) -> tuple[str, str]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from float.config import FloatConfig
-from shards.sample import Clip, CorruptSample, decode_clip  # noqa: F401  (decode_clip: windows' input)
+from shards.sample import Clip
 # Window entries that collate stacks into tensors (everything else but "key" is ignored).
 ARRAY_KEYS = ("motion", "prev_motion", "prev_mask", "audio", "prev_audio", "ref_motion", "emotion")
 INDEX_KEYS = ("start", "ref_frame")

@@ -13,10 +13,12 @@ import torch
 from float.checkpoint import CheckpointError
 from float.motion_checkpoint import load_motion_checkpoint
 from preprocess.encode import LogMel, load_motion_encoder
-from preprocess.pipeline import PipelineError, ShardSettings, run_shards
+from preprocess.errors import PipelineError
+from preprocess.pipeline import run_shards
+from preprocess.settings import ShardSettings
 from preprocess.synthetic import make_synthetic_ravdess
 from shards.crops import CROP_MEMBERS, CROP_ONLY_MEMBERS, CropClip, crop_shard_urls, read_crop_manifest
-from shards.dataset import iter_tar_samples
+from shards.tar import iter_tar_samples
 from shards.format import AUDIO, LAMBDAS, MANIFEST, META, MOTION, SPLITS, decode_npy
 from shards.inspect import format_report, inspect_shards, iter_samples, list_shards
 from shards.pairs import ValPairs, make_pair_loader

@@ -12,7 +12,7 @@ import torch
 from shards.crops import (CROP_MEMBERS, CROP_ONLY_MEMBERS, JPEGS, OFFSETS, SAMPLES_PER_FRAME, WAVE, CropClip,
                           CropSampleError,
                           check_crop_sample, crop_shard_urls, read_crop_manifest)
-from shards.dataset import check_compatible
+from shards.sources import check_compatible
 from shards.format import EMOTION, META
 from shards.manifest import ManifestError
 from shards.pairs import CropPairs, PairSpec, ValPairs, make_pair_loader
@@ -157,7 +157,7 @@ def test_latent_folder_is_refused_as_crops_and_crops_as_latents(tmp_path, crop_d
         check_compatible(read_crop_manifest(crop_dir), get_preset("tiny"))
     # a latent tar given to the pair stream directly: not a crop shard
     latent_url = str(tmp_path / "latents" / "train-000000.tar")
-    from shards.dataset import ShardError
+    from shards.errors import ShardError
 
     with pytest.raises(ShardError, match="no member named"):
         list(CropPairs([latent_url], resampled=False))

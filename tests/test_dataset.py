@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from float.config import get_preset
-from shards.dataset import (
-    ShardError, TrainWindows, ValWindows, assign_shards, check_compatible, make_loader, manifest_dims,
-    manifest_of, shard_urls,
-)
+from shards.dataset import TrainWindows, assign_shards
+from shards.errors import ShardError
+from shards.loader import make_loader
+from shards.sources import check_compatible, manifest_dims, manifest_of, shard_urls
+from shards.validation import ValWindows
 from shards.format import AUDIO, MOTION, encode_npy
 from shards.manifest import ManifestError
 from shards.windows import WindowSpec, collate

@@ -13,7 +13,8 @@ from preprocess.discover import ClipSource, discover
 from preprocess.face import (CROP_SCALE, HAAR_TO_SFD_SHIFT_Y, HAAR_TO_SFD_SIDE, CropBox, crop_box_from_detections,
                              crop_frame, crop_frames, detect_crop_box, detect_face)
 from preprocess.media import ClipError, decode_audio, decode_video, iter_video_frames
-from preprocess.synthetic import actor_look, make_synthetic_ravdess, write_mp4
+from preprocess.mp4 import write_mp4
+from preprocess.synthetic import actor_look, make_synthetic_ravdess
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
 TALKING_HEAD = SAMPLES / "talking_head_512_25fps.mp4"

@@ -14,7 +14,7 @@ import pytest
 from preprocess.clip import prepare_clip
 from preprocess.discover import ClipSource, discover
 from preprocess.media import ClipError, align, decode_audio, decode_video, open_bytes, probe_video
-from preprocess.synthetic import write_mp4
+from preprocess.mp4 import write_mp4
 
 NTSC = Fraction(30000, 1001)
 

@@ -8,7 +8,7 @@ from float.loss import rectified_flow_loss
 from float.model import FloatMotionModel
 from float.sampler import generate_motion
 from shard_factory import make_shards
-from shards.dataset import shard_urls
+from shards.sources import shard_urls
 from shards.manifest import read_manifest
 from shards.stats import motion_statistics
 

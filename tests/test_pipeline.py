@@ -25,8 +25,11 @@ from preprocess.command import shards as shards_command
 from preprocess.discover import discover
 from preprocess.encode import EncoderSetupError, LogMel, build_encoder, load_motion_encoder
 from shards.sample import emotion_one_hot, reference_jpeg
-from preprocess.pipeline import (PipelineError, ShardSettings, assign_splits, index_range, merge_part_outputs,
-                                 parse_part, part_of, run_shards)
+from preprocess.errors import PipelineError
+from preprocess.output import merge_part_outputs
+from preprocess.pipeline import run_shards
+from preprocess.settings import ShardSettings
+from preprocess.splits import assign_splits, index_range, parse_part, part_of
 from preprocess.synthetic import make_synthetic_ravdess
 from shards.format import AUDIO, EMOTION, EMOTIONS, ERRORS, LAMBDAS, MANIFEST, META, MOTION, SPLITS, decode_npy
 from shards.inspect import file_sha256, inspect_shards, iter_samples, list_shards, scan_shard

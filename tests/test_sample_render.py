@@ -3,7 +3,7 @@ import av
 import torch
 
 from shard_factory import make_shards
-from shards.dataset import iter_tar_samples
+from shards.tar import iter_tar_samples
 from trainer.sample_render import SampleRenderer
 
 

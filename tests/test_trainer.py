@@ -88,7 +88,8 @@ def test_ema_tracks_the_weights():
 
 
 def test_validation_is_deterministic(shards):
-    from shards.dataset import ValWindows, shard_urls
+    from shards.sources import shard_urls
+    from shards.validation import ValWindows
     from shards.windows import WindowSpec
 
     cfg = get_preset("tiny", audio_input_dim=AUDIO_DIM, **TINY)

@@ -30,7 +30,7 @@ from float.checkpoint import CheckpointError, load_exactly, safe_torch_load
 from float.config import FloatConfig
 from float.model import FloatMotionModel
 from float.motion_checkpoint import MOTION_CKPT_KIND
-from shards.dataset import check_compatible
+from shards.sources import check_compatible
 from shards.manifest import read_manifest
 from shards.files import atomic_write_bytes, remove_stale_temporaries  # noqa: F401  (loop.py writes through it)
 from trainer.errors import SampleError

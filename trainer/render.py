@@ -12,10 +12,8 @@ with the 16 kHz mono waveform muxed in as AAC.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import torch
@@ -23,10 +21,9 @@ from torch import Tensor
 
 from float.config import FPS, SAMPLING_RATE
 from float.motion_autoencoder import MotionAutoEncoder
-from shards.files import atomic_path
+from preprocess import mp4
 
 AAC_BITRATE = 64_000  # plenty for 16 kHz mono speech
-AUDIO_CHUNK = 1024  # samples per AAC frame
 
 
 @dataclass
@@ -120,43 +117,16 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = FPS, audio: np.nd
               sample_rate: int = SAMPLING_RATE, crf: int = 18) -> Path:
     """Write (T, H, W, 3) uint8 RGB frames as H.264 mp4, with ``audio`` (mono float32) as AAC.
 
-    The audio is cut or zero-padded to the video's length (T / fps seconds).
-    Written to a temporary name and renamed, so a crash leaves no half file.
+    The audio is clipped to [-1, 1] and cut or zero-padded to the video's length (T / fps
+    seconds); odd sizes get one black row / column. Written by preprocess/mp4.py (atomically).
     """
-    path = Path(path)
     if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
         raise ValueError(f"frames must be a non-empty (T, H, W, 3) uint8 array, got {frames.shape} {frames.dtype}")
     frames = _even(frames)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
-        video = container.add_stream("libx264", rate=fps)
-        video.width, video.height = frames.shape[2], frames.shape[1]
-        video.pix_fmt = "yuv420p"
-        video.options = {"crf": str(crf), "preset": "veryfast"}
-        sound = None
-        if audio is not None:
-            sound = container.add_stream("aac", rate=sample_rate, layout="mono")
-            sound.bit_rate = AAC_BITRATE
-        for i, frame in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            vf.pts = i
-            vf.time_base = Fraction(1, fps)
-            container.mux(video.encode(vf))
-        container.mux(video.encode(None))
-        if sound is not None:
-            _encode_audio(container, sound, audio, len(frames) * sample_rate // fps, sample_rate)
-    return path
-
-
-def _encode_audio(container, stream, audio: np.ndarray, n_samples: int, sample_rate: int) -> None:
-    wave = np.zeros(n_samples, np.float32)
-    src = np.asarray(audio, np.float32).reshape(-1)[:n_samples]
-    wave[:len(src)] = np.clip(src, -1.0, 1.0)
-    for start in range(0, n_samples, AUDIO_CHUNK):
-        chunk = wave[start:start + AUDIO_CHUNK]
-        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="fltp", layout="mono")
-        frame.sample_rate = sample_rate
-        frame.pts = start
-        frame.time_base = Fraction(1, sample_rate)
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode(None))
+    wave = None
+    if audio is not None:
+        wave = np.zeros(len(frames) * sample_rate // fps, np.float32)
+        src = np.asarray(audio, np.float32).reshape(-1)[:len(wave)]
+        wave[:len(src)] = np.clip(src, -1.0, 1.0)
+    return mp4.write_mp4(path, frames, (frames.shape[2], frames.shape[1]), fps, wave, sample_rate, crf=crf,
+                         preset="veryfast", threads=None, audio_bit_rate=AAC_BITRATE, aac_coder=None)

@@ -17,7 +17,9 @@ from float.checkpoint import CheckpointError, load_official_state_dict, load_par
 from float.config import FloatConfig, get_preset
 from float.loss import LossWeights, rectified_flow_loss
 from float.model import FloatMotionModel, count_parameters
-from shards.dataset import ValWindows, check_compatible, make_loader, manifest_dims, shard_urls
+from shards.loader import make_loader
+from shards.sources import check_compatible, manifest_dims, shard_urls
+from shards.validation import ValWindows
 from shards.manifest import read_manifest
 from shards.stats import motion_statistics
 from shards.tar import ShardError, check_local_shards
