@@ -76,3 +76,17 @@ def test_lag_correlation_is_exact_for_shifted_copies():
     audio = rng.random(50)
     r, lag = lag_correlation(np.concatenate([[0.0], audio[:-1]]), audio)
     assert lag == 1 and r == pytest.approx(1.0)
+
+
+def test_face_rate_tells_a_face_from_noise():
+    import cv2
+    from skimage.data import astronaut
+
+    from trainer.lipsync import face_rate
+
+    face = cv2.resize(astronaut()[30:230, 130:330], (128, 128), interpolation=cv2.INTER_AREA)
+    frames = np.stack([face] * 6)
+    noise = np.random.default_rng(0).integers(0, 256, (6, 128, 128, 3), dtype=np.uint8)
+    assert face_rate(frames) == 1.0
+    assert face_rate(noise) == 0.0
+    assert face_rate(np.concatenate([frames[:3], noise[:3]]), every=1) == 0.5

@@ -137,3 +137,15 @@ def mean_lipsync(entries: list[dict], log=None) -> dict:
         log("lip-sync proxy, mean over clips: " + ", ".join(f"{k.removeprefix('lipsync_')} {v:+.2f}"
                                                            for k, v in mean.items()))
     return {"lipsync_mean": mean}
+
+
+# ---------------------------------------------------------------- is it a face at all?
+def face_rate(frames: np.ndarray, every: int = 2) -> float:
+    """Fraction of frames (every ``every``-th) in which OpenCV's Haar frontal-face detector, the one the
+    shard stage crops with, finds a face: a rendered video of colour noise scores 0."""
+    from preprocess.face import detect_faces
+
+    picked = frames[::max(1, every)]
+    if len(picked) == 0:
+        return 0.0
+    return float(np.mean([len(detect_faces(frame, detect_height=frame.shape[0] * 2)) > 0 for frame in picked]))

@@ -38,7 +38,7 @@ from trainer.checkpoints import default_output_dir, load_manifest, load_sampling
 from trainer.errors import SampleError, exit_with_error
 from trainer.export import export  # noqa: F401  (floatctl export, registered next to sample)
 from trainer.generate import generate, motion_errors, save_latents
-from trainer.lipsync import clip_lipsync, mean_lipsync
+from trainer.lipsync import clip_lipsync, face_rate, mean_lipsync
 from trainer.media_input import (EMOTION_CHOICES, InputError, emotion_name, emotion_vector, load_audio,
                                  load_reference_image, parse_emotion)
 from trainer.plot import feature_energy, frame_energy, plot_motion
@@ -227,6 +227,12 @@ def _render(s: Session, item: Item, motion: Tensor, entry: dict, silent: Tensor 
     if item.waveform is not None:  # the lip-sync proxy of the generated, ground-truth and audio-dropped videos
         no_audio = render_motion(autoencoder, reference, silent, s.o.render_batch) if silent is not None else None
         log(clip_lipsync(entry, item.name, item.waveform, video, truth, no_audio))
+    entry["face_rate_generated"] = face_rate(video)
+    if truth is not None:
+        entry["face_rate_truth"] = face_rate(truth)
+    log(f"{item.name}: a face is detected in {100 * entry['face_rate_generated']:.0f}% of the generated frames"
+        + (f" ({100 * entry['face_rate_truth']:.0f}% of the ground-truth reconstruction's)" if truth is not None
+           else ""))
     s.result.rendered = True
 
 
@@ -272,6 +278,9 @@ def _summary(s: Session, entries: list[dict], device: torch.device, log) -> dict
                "decoder": {"source": s.decoder.source, "random": s.decoder.random,
                            "available": s.decoder.autoencoder is not None}}
     summary.update(mean_lipsync(entries, log))
+    rates = [e["face_rate_generated"] for e in entries if "face_rate_generated" in e]
+    if rates:
+        summary["face_rate_generated"] = float(np.mean(rates))
     scored = [e for e in entries if "l1_audio" in e]
     if scored:
         mean = {k: float(np.mean([e[k] for e in scored])) for k in ("l1_audio", "l1_no_audio", "mse_audio",
