@@ -74,7 +74,7 @@ class _Guarded:
     def __init__(self, pipe, url: str, stall: float):
         self.pipe, self.url, self.stall = pipe, url, stall
         self.last = time.monotonic()
-        self.stalled = False
+        self.stalled = self.reported = False
         self.done = threading.Event()
         wds_gopen.set_options(pipe, timeout=stall)  # closing early waits for the command at most this long
         threading.Thread(target=self._watch, daemon=True, name="shard-stall-guard").start()
@@ -87,6 +87,7 @@ class _Guarded:
                 return
 
     def _error(self, e: BaseException | None) -> OSError:
+        self.reported = True
         if self.stalled:
             return OSError(f"{self.url}: no data for {self.stall:g} s (stalled transfer; download stopped)")
         return OSError(f"{self.url}: read failed ({_short(e)})")
@@ -109,7 +110,8 @@ class _Guarded:
             self.pipe.proc.kill()
             self.pipe.proc.wait()
         except OSError as e:
-            raise self._error(e) from None
+            if not self.reported:  # a read already raised this failure
+                raise self._error(e) from None
 
     @property
     def closed(self) -> bool:
@@ -194,11 +196,19 @@ class _UrllibStream:
         except (urllib.error.URLError, HTTPException, OSError) as e:
             raise OSError(f"{url}: {e}") from None
 
+        length = self.response.headers.get("Content-Length")
+        self.expected, self.got = (int(length) if length and length.isdigit() else None), 0
+
     def read(self, *args) -> bytes:
         try:
-            return self.response.read(*args)
+            data = self.response.read(*args)
         except (HTTPException, OSError) as e:  # IncompleteRead (cut short) is an HTTPException
             raise OSError(f"{self.url}: read failed ({e!r})") from None
+        self.got += len(data)
+        # read(n) returns b"" at a dropped connection instead of raising: compare with Content-Length.
+        if not data and (not args or args[0]) and self.expected is not None and self.got < self.expected:
+            raise OSError(f"{self.url}: transfer cut short ({self.got} of {self.expected} bytes)")
+        return data
 
     def close(self) -> None:
         self.response.close()
