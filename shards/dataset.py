@@ -248,15 +248,15 @@ class TrainWindows(IterableDataset):
                 if not live or (self.resampled and len(live) < len(groups)):
                     break
                 g = 0 if p is None else live[int(rng.choice(len(live), p=p[live] / p[live].sum()))]
-                readers = groups[g]
-                r = int(rng.integers(len(readers))) if len(readers) > 1 else 0
-                shard, reader = readers[r]
-                try:
-                    clip = next(reader)
-                except StopIteration:
-                    readers.pop(r)
-                    continue
-                if clip is None:
+                readers, clip = groups[g], _NONE
+                while readers and clip is _NONE:  # an exhausted shard does not use up the source's draw
+                    r = int(rng.integers(len(readers))) if len(readers) > 1 else 0
+                    shard, reader = readers[r]
+                    try:
+                        clip = next(reader)
+                    except StopIteration:
+                        readers.pop(r)
+                if clip is None or clip is _NONE:
                     continue
                 try:
                     windows = self.draw(clip, rng)
@@ -280,6 +280,9 @@ class TrainWindows(IterableDataset):
             for readers in groups:
                 for _, reader in readers:
                     reader.close()
+
+
+_NONE = object()  # no clip drawn (the source's shards are exhausted), unlike None (a skipped clip)
 
 
 def _pop_random(buffer: list, rng: np.random.Generator):
