@@ -285,11 +285,12 @@ def test_shards_without_any_usable_clip_raise_instead_of_hanging(tmp_path):
 
 def test_a_failing_download_is_skipped_and_counted_not_fatal(shard_dir):
     good = _train_urls(shard_dir)[0]
-    loader = make_loader(["pipe:exit 3", good], SPEC, batch_size=4, seed=0, shards_per_block=1)
+    # retry_delay: the failing shard is retried (shards/dataset.py's rule), quickly here
+    loader = make_loader(["pipe:exit 3", good], SPEC, batch_size=4, seed=0, shards_per_block=1, retry_delay=0.01)
     keys = {k for b in _batches(loader, 12) for k in b["key"]}
     assert keys == set(read_clips(good)) and loader.skipped >= 1
     with pytest.raises(RuntimeError, match="no usable clip"):
-        next(iter(TrainWindows(["pipe:exit 3"], SPEC, seed=0)))
+        next(iter(TrainWindows(["pipe:exit 3"], SPEC, seed=0, retry_delay=0.01)))
     with pytest.raises(OSError, match="exit 3"):
         ValWindows(["pipe:exit 3"], SPEC)
 
