@@ -86,6 +86,7 @@ bench: install
 	$(PY) benchmarks/fmt_step.py
 	$(PY) benchmarks/preprocess.py
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/remote_loader.py
 	$(PY) benchmarks/stage1.py
 
 clean:

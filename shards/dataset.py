@@ -19,10 +19,26 @@ and the workers of a rank share their rank's set; with fewer shards than ranks
 every stream reads all shards. Streams are seeded differently in every case,
 so sharing shards means sharing files, not repeating the same windows, and no
 worker is ever left without data (which would hang DDP).
+
+Mixing. With ``sources`` (the source index of each URL) and ``weights``, every source's
+shards are split over the streams as above, each block picks shards from every source,
+and each clip is read from a source drawn by weight; a block ends when one source's
+shards run out, so the clips of a run come from the sources in the proportion of the
+weights. All of it is drawn from the block's generator: exact resume holds as before.
+
+Unreadable shards (the rule). A shard read that fails with an I/O error (HTTP 404,
+refused connection, transfer cut short, stalled download: shards/remote.py) is logged
+with its URL and retried ``read_retries`` times, ``retry_delay`` s, then twice that,
+apart, continuing after the samples already used. After the last try the rest of that
+shard is skipped for this block (counted in ``skipped``) and the stream goes on with its
+other shards. The run stops with an error naming the URLs when ``max_failed_reads``
+shard reads in a row of one stream failed every try (the storage is unreachable, not
+one shard missing), or when none of a stream's shards gives a usable clip.
 """
 from __future__ import annotations
 
 import logging
+import time
 from typing import Collection, Iterator
 
 import numpy as np
@@ -68,7 +84,9 @@ class TrainWindows(IterableDataset):
     def __init__(self, urls: list[str], spec: WindowSpec = WindowSpec(), seed: int = 0, rank: int = 0,
                  world_size: int = 1, shuffle_buffer: int = 64, resampled: bool = True,
                  shards_per_block: int = 2, emotion: str = "auto", motion_dim: int | None = None,
-                 audio_dim: int | None = None):
+                 audio_dim: int | None = None, sources: list[int] | None = None,
+                 weights: list[float] | None = None, read_retries: int = 2, retry_delay: float = 1.0,
+                 max_failed_reads: int = 8):
         if not urls:
             raise ValueError("TrainWindows: no shard URLs")
         if seed < 0 or shuffle_buffer < 1 or shards_per_block < 1:
@@ -80,7 +98,10 @@ class TrainWindows(IterableDataset):
         self.spec, self.seed, self.rank, self.world_size = spec, seed, rank, world_size
         self.shuffle_buffer, self.resampled, self.shards_per_block = shuffle_buffer, resampled, shards_per_block
         self.emotion, self.motion_dim, self.audio_dim = emotion, motion_dim, audio_dim
+        self.sources, self.weights = _check_mix(len(self.urls), sources, weights)
+        self.read_retries, self.retry_delay, self.max_failed_reads = read_retries, retry_delay, max_failed_reads
         self.skipped = 0
+        self._failed_in_a_row = 0
         # Set by WindowLoader: (batches consumed, per-stream positions or None, restart salt).
         self.resume: tuple[int, list | None, int] = (0, None, 0)
 
@@ -121,21 +142,25 @@ class TrainWindows(IterableDataset):
 
         ``skipped`` is the stream's corrupt-clip count at the start of ``block``.
         """
-        shard_ids = assign_shards(len(self.urls), self.rank, self.world_size, stream, num_streams)
+        groups = self._groups()
+        sets = [[g[i] for i in assign_shards(len(g), self.rank, self.world_size, stream, num_streams)]
+                for g in groups]
+        shard_ids = [i for ids in sets for i in ids]
         ident = [self.seed, self.rank, stream, num_streams, restart]
-        order = None if self.resampled else np.random.default_rng(ident + [2**31]).permutation(shard_ids)
-        per_block = min(self.shards_per_block, len(shard_ids))
+        orders = None if self.resampled else [np.random.default_rng(ident + [2**31 + k]).permutation(ids)
+                                              for k, ids in enumerate(sets)]
+        per_block = [min(self.shards_per_block, len(ids)) for ids in sets]
         barren: set[int] = set()  # shards that gave no window the last time they were read
         while True:
             rng = np.random.default_rng(ident + [block])
             if self.resampled:
-                chosen = rng.choice(shard_ids, size=per_block, replace=False).tolist()
+                chosen = [rng.choice(ids, size=n, replace=False).tolist() for ids, n in zip(sets, per_block)]
             else:
-                chosen = order[block * per_block:(block + 1) * per_block].tolist()
-                if not chosen:
+                chosen = [o[block * n:(block + 1) * n].tolist() for o, n in zip(orders, per_block)]
+                if not any(chosen):
                     return
             counter = [skipped]
-            produced = dict.fromkeys(chosen, 0)
+            produced = dict.fromkeys((i for c in chosen for i in c), 0)
             for n, window, last in self._block(chosen, rng, counter, produced, quiet=offset > 0):
                 if n < offset:
                     continue
@@ -150,52 +175,88 @@ class TrainWindows(IterableDataset):
                                    f"{[self.urls[i] for i in shard_ids][:5]} (see the warnings logged above)")
             block, offset, skipped = block + 1, 0, counter[0]
 
+    def _groups(self) -> list[list[int]]:
+        """URL indices of each source (one source: all URLs)."""
+        if self.sources is None:
+            return [list(range(len(self.urls)))]
+        return [[i for i, s in enumerate(self.sources) if s == k] for k in range(len(self.weights))]
+
     def _clips(self, url: str, counter: list, quiet: bool) -> Iterator[Clip | None]:
         """Decoded usable clips of one shard; None for each skipped one (counted in counter and self.skipped).
 
-        An I/O error (a failed download command, a vanished file) ends this shard's
-        read with a warning and one count; the stream goes on with other shards, and
-        the caller stops the run when every shard keeps failing.
+        I/O errors follow the rule of the module docstring: retried, then the rest of the
+        shard is skipped with one count, and a run of such failures stops the stream.
         """
+        used, attempt = 0, 0
+        while True:
+            try:
+                for i, (key, members) in enumerate(iter_tar_samples(url, self.read_members,
+                                                                    known_members=self.known_members)):
+                    if i < used:  # a retry re-reads the shard from its start
+                        continue
+                    used += 1
+                    yield self._decoded(url, key, members, counter, quiet)
+                self._failed_in_a_row = 0
+                return
+            except OSError as e:
+                attempt += 1
+                if attempt <= self.read_retries:
+                    log.warning("%s: read error (%s); retry %d of %d", url, e, attempt, self.read_retries)
+                    time.sleep(self.retry_delay * attempt)
+                    continue
+                counter[0] += 1
+                self.skipped += 1
+                self._failed_in_a_row += 1
+                log.warning("%s: unreadable after %d tries (%s); skipping the rest of this shard", url, attempt, e)
+                if self._failed_in_a_row >= self.max_failed_reads:
+                    raise RuntimeError(f"{self._failed_in_a_row} shard reads in a row failed every retry, the "
+                                       f"last {url} ({e}): is the shard storage reachable?") from None
+                return
+
+    def _decoded(self, url: str, key: str, members: dict, counter: list, quiet: bool) -> Clip | None:
         try:
-            for key, members in iter_tar_samples(url, self.read_members, known_members=self.known_members):
-                try:
-                    clip = self.decode(key, members)
-                    if clip.num_frames < self.min_frames:
-                        if not quiet:
-                            log.debug("%s: skipping %s: %d frames < %d", url, key, clip.num_frames,
-                                      self.min_frames)
-                        clip = None
-                except CorruptSample as e:
-                    if not quiet:
-                        log.warning("%s: skipping corrupt sample %s: %s", url, key, e)
-                    clip = None
-                if clip is None:
-                    counter[0] += 1
-                    self.skipped += 1
-                yield clip
-        except OSError as e:
+            clip = self.decode(key, members)
+            if clip.num_frames < self.min_frames:
+                if not quiet:
+                    log.debug("%s: skipping %s: %d frames < %d", url, key, clip.num_frames, self.min_frames)
+                clip = None
+        except CorruptSample as e:
             if not quiet:
-                log.warning("%s: read error, skipping the rest of this shard: %s", url, e)
+                log.warning("%s: skipping corrupt sample %s: %s", url, key, e)
+            clip = None
+        if clip is None:
             counter[0] += 1
             self.skipped += 1
+        return clip
 
-    def _block(self, chosen: list[int], rng: np.random.Generator, counter: list, produced: dict,
+    def _block(self, chosen: list[list[int]], rng: np.random.Generator, counter: list, produced: dict,
                quiet: bool) -> Iterator[tuple[int, dict, bool]]:
-        """(index in block, window, is last) for one block: interleaved shards -> clips -> shuffle buffer."""
-        readers = [(i, self._clips(self.urls[i], counter, quiet)) for i in chosen]
+        """(index in block, window, is last) for one block: interleaved shards -> clips -> shuffle buffer.
+
+        ``chosen``: the shards of each source. One source: the next clip comes from a
+        random open shard. Several: from a source drawn by weight, then a random open
+        shard of it; the block ends when a source has no open shard left.
+        """
+        groups = [[(i, self._clips(self.urls[i], counter, quiet)) for i in ids] for ids in chosen]
+        p = None if len(groups) == 1 else np.asarray(self.weights)
         buffer: list[dict] = []
         n = 0
         try:
-            while readers:
-                r = int(rng.integers(len(readers))) if len(readers) > 1 else 0
-                shard, reader = readers[r]
-                try:
-                    clip = next(reader)
-                except StopIteration:
-                    readers.pop(r)
-                    continue
-                if clip is None:
+            while True:
+                live = [k for k, readers in enumerate(groups) if readers]
+                # Resampled: stop when a source runs out (the proportions hold); one pass: read everything.
+                if not live or (self.resampled and len(live) < len(groups)):
+                    break
+                g = 0 if p is None else live[int(rng.choice(len(live), p=p[live] / p[live].sum()))]
+                readers, clip = groups[g], _NONE
+                while readers and clip is _NONE:  # an exhausted shard does not use up the source's draw
+                    r = int(rng.integers(len(readers))) if len(readers) > 1 else 0
+                    shard, reader = readers[r]
+                    try:
+                        clip = next(reader)
+                    except StopIteration:
+                        readers.pop(r)
+                if clip is None or clip is _NONE:
                     continue
                 try:
                     windows = self.draw(clip, rng)
@@ -216,11 +277,28 @@ class TrainWindows(IterableDataset):
                 yield n, w, not buffer
                 n += 1
         finally:
-            for _, reader in readers:
-                reader.close()
+            for readers in groups:
+                for _, reader in readers:
+                    reader.close()
+
+
+_NONE = object()  # no clip drawn (the source's shards are exhausted), unlike None (a skipped clip)
 
 
 def _pop_random(buffer: list, rng: np.random.Generator):
     k = int(rng.integers(len(buffer)))
     buffer[k], buffer[-1] = buffer[-1], buffer[k]
     return buffer.pop()
+
+
+def _check_mix(num_urls: int, sources: list[int] | None, weights: list[float] | None):
+    """(sources, weights) validated; (None, None) for an unmixed stream."""
+    if sources is None and weights is None:
+        return None, None
+    if sources is None or weights is None or len(sources) != num_urls:
+        raise ValueError("mixing needs a source index per URL and a weight per source")
+    weights = [float(w) for w in weights]
+    if any(not w > 0 for w in weights) or set(sources) != set(range(len(weights))):
+        raise ValueError(f"every source needs shards and a weight > 0; got weights {weights}, "
+                         f"sources {sorted(set(sources))}")
+    return list(sources), weights

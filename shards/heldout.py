@@ -10,6 +10,7 @@ import numpy as np
 from shards.format import KNOWN_MEMBERS, REFERENCE, SPLITS
 from shards.errors import CorruptSample, ShardError
 from shards.sample import decode_clip, decode_reference, read_meta
+from shards.remote import join_location
 from shards.tar import iter_tar_samples
 
 Log = Callable[[str], None]
@@ -41,12 +42,12 @@ def pick_split(manifest: dict, split: str = "auto") -> str:
     return split
 
 
-def read_heldout_clips(folder: Path, manifest: dict, split: str, count: int, min_frames: int = 2,
+def read_heldout_clips(folder: str | Path, manifest: dict, split: str, count: int, min_frames: int = 2,
                        log: Log = print) -> list[HeldoutClip]:
     """The first ``count`` usable clips of ``split``, in manifest shard order."""
     clips: list[HeldoutClip] = []
     for shard in manifest["splits"][split]["shards"]:
-        path = Path(folder) / shard["name"]
+        path = join_location(str(folder), shard["name"])  # a local folder or a URL
         try:
             for key, members in iter_tar_samples(path, read=KNOWN_MEMBERS):
                 try:

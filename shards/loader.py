@@ -89,7 +89,7 @@ class WindowLoader:
         return {"seed": d.seed, "rank": d.rank, "world_size": d.world_size, "num_streams": self.num_streams,
                 "urls": len(d.urls), "spec": d.spec_state(),
                 "shuffle_buffer": d.shuffle_buffer, "shards_per_block": d.shards_per_block,
-                "resampled": d.resampled}
+                "resampled": d.resampled, "weights": d.weights}
 
     def state_dict(self) -> dict:
         """JSON-able position: batches consumed and each stream's (block, offset, skip counts)."""

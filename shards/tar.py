@@ -1,4 +1,5 @@
-"""The one tar reader: shard samples as (key, {member suffix: bytes}), from a path or a URL.
+"""The one tar reader: shard samples as (key, {member suffix: bytes}), from a path or a URL
+(opened by shards/remote.py: WebDataset's gopen, plus a stall guard).
 
 Training reads leniently (a tar cut short keeps the samples before the cut, a
 foreign member is passed over); ``strict=True`` is for ``floatctl inspect``,
@@ -14,10 +15,9 @@ import tarfile
 from pathlib import Path
 from typing import Collection, Iterator
 
-from webdataset.gopen import gopen
-
 from shards.errors import ShardError
 from shards.format import KNOWN_MEMBERS, TRAINING_MEMBERS
+from shards.remote import open_location
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def iter_tar_samples(url: str | Path, read: Collection[str] | None = TRAINING_ME
     """
     url = str(url)
     try:
-        stream = gopen(url, "rb")
+        stream = open_location(url)  # WebDataset's gopen handlers (shards/remote.py)
     except OSError as e:
         if strict:
             raise ShardError(f"{url}: unreadable shard ({e})") from e

@@ -30,8 +30,8 @@ from float.checkpoint import CheckpointError, load_exactly, safe_torch_load
 from float.config import FloatConfig
 from float.model import FloatMotionModel
 from float.motion_checkpoint import MOTION_CKPT_KIND
-from shards.sources import check_compatible
-from shards.manifest import read_manifest
+from shards.mix import parse_data_root
+from shards.sources import check_compatible, manifest_location, read_manifest_at
 from shards.files import atomic_write_bytes, remove_stale_temporaries  # noqa: F401  (loop.py writes through it)
 from trainer.errors import SampleError
 
@@ -322,8 +322,9 @@ def default_output_dir(checkpoint: Path) -> Path:
     return run_dir_of(checkpoint) / "samples" / Path(checkpoint).stem
 
 
-def recorded_data_root(sm: SamplingModel) -> Path | None:
-    """The shard folder the checkpoint was trained on (its settings, else the run's config.json)."""
+def recorded_data_root(sm: SamplingModel) -> str | None:
+    """The shard folder (or URL) the checkpoint was trained on (its settings, else the run's config.json);
+    the first one when the run mixed several (it also held the val split)."""
     root = sm.settings.get("data_root")
     if not root:
         config = run_dir_of(sm.checkpoint) / "config.json"
@@ -331,25 +332,27 @@ def recorded_data_root(sm: SamplingModel) -> Path | None:
             root = json.loads(config.read_text()).get("data_root")
         except (OSError, ValueError, AttributeError):
             root = None
-    return Path(root) if root else None
+    if isinstance(root, list):
+        root = root[0] if root else None
+    return parse_data_root(str(root)).location if root else None
 
 
-def load_manifest(sm: SamplingModel, data_root: str | Path | None, log: Log = print) -> tuple[dict, Path]:
-    """(manifest, shard folder): ``data_root`` if given, else the folder recorded in the checkpoint."""
-    folder = Path(data_root) if data_root else recorded_data_root(sm)
+def load_manifest(sm: SamplingModel, data_root: str | Path | None, log: Log = print) -> tuple[dict, str]:
+    """(manifest, shard folder or URL): ``data_root`` if given, else the folder recorded in the checkpoint."""
+    folder = str(data_root) if data_root else recorded_data_root(sm)
     if folder is None:
         raise SampleError(f"checkpoint {sm.checkpoint} records no shard folder; pass --data-root "
                           "(the shards it was trained on: their manifest says how to encode audio and images)")
     try:
-        manifest = read_manifest(folder)
+        manifest = read_manifest_at(folder)
     except ValueError as e:
         hint = "" if data_root else " (the folder recorded in the checkpoint; pass --data-root if it moved)"
         raise SampleError(f"{e}{hint}") from None
     if sm.manifest_fingerprint and manifest.get("fingerprint") != sm.manifest_fingerprint:
-        log(f"warning: {folder / 'manifest.json'} has settings fingerprint {str(manifest.get('fingerprint'))[:12]}, "
+        log(f"warning: {manifest_location(folder)} has settings fingerprint {str(manifest.get('fingerprint'))[:12]}, "
             f"the checkpoint was trained on {sm.manifest_fingerprint[:12]}: encoders may differ from training")
     try:
         check_compatible(manifest, sm.cfg)
     except ValueError as e:
-        raise SampleError(f"{folder / 'manifest.json'}: {e}") from None
+        raise SampleError(f"{manifest_location(folder)}: {e}") from None
     return manifest, folder

@@ -57,7 +57,7 @@ class SampleOptions:
     audio: Path | None = None
     image: Path | None = None
     out: Path | None = None
-    data_root: Path | None = None
+    data_root: str | None = None  # a folder, a folder URL or a pattern (str: a Path would mangle a URL)
     split: str = "auto"
     clips: int = 2
     emotion: str | None = None
@@ -100,7 +100,7 @@ class SampleResult:
     decoder_random: bool = False
 
 
-def _heldout_items(o: SampleOptions, manifest: dict, folder: Path, emotion: str | None, encoder, log) -> list[Item]:
+def _heldout_items(o: SampleOptions, manifest: dict, folder: str, emotion: str | None, encoder, log) -> list[Item]:
     split = pick_split(manifest, o.split)
     clips = read_heldout_clips(folder, manifest, split, o.clips, log=log)
     log(f"held-out clips: {len(clips)} of the {split!r} split of {folder}")
@@ -364,7 +364,7 @@ def sample(
                                                     "(with --image)."),
     image: Optional[Path] = typer.Option(None, help="New reference portrait of any size (with --audio)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: runs/NAME/samples/<ckpt-stem>)."),
-    data_root: Optional[Path] = typer.Option(None, help="Shard folder (default: the one the checkpoint was trained "
+    data_root: Optional[str] = typer.Option(None, help="Shard folder or URL (default: the one the checkpoint was trained "
                                                         "on); its manifest names the encoders to use."),
     split: str = typer.Option("auto", help="Held-out split to sample: auto (test, else val), val or test."),
     clips: int = typer.Option(2, help="Held-out clips to sample."),

@@ -23,6 +23,7 @@ from preprocess.manifest_encoders import build_motion_autoencoder
 from preprocess.media import source_waveform
 from shards.format import META, REFERENCE
 from shards.sample import decode_reference, read_meta
+from shards.remote import join_location
 from shards.tar import iter_tar_samples
 from trainer.lipsync import clip_lipsync, mean_lipsync
 from trainer.render import encode_reference, render_motion, side_by_side, write_mp4
@@ -32,7 +33,7 @@ class SampleRenderer:
     """A ``samples_hook`` for trainer.loop.train: renders ground truth | generated videos."""
 
     def __init__(self, manifest: dict, data_root: str | Path, dim_w: int, log: Callable[[str], None] = print):
-        self.manifest, self.data_root, self.dim_w, self.log = manifest, Path(data_root), dim_w, log
+        self.manifest, self.data_root, self.dim_w, self.log = manifest, str(data_root), dim_w, log
         self._decoder = None
         self._references: dict[str, object] = {}
         self._metas: dict[str, dict] = {}
@@ -56,7 +57,8 @@ class SampleRenderer:
         missing = set(keys) - set(self._references)
         shards = self.manifest.get("splits", {}).get("val", {}).get("shards", [])
         for shard in shards if missing else []:
-            for key, members in iter_tar_samples(self.data_root / shard["name"], read={REFERENCE, META}):
+            for key, members in iter_tar_samples(join_location(self.data_root, shard["name"]),
+                                                 read={REFERENCE, META}):
                 if key in missing:
                     self._references[key] = decode_reference(members.get(REFERENCE))
                     self._metas[key] = read_meta(members)

@@ -34,7 +34,11 @@ class CommonSettings:
 
     config: Optional[str] = opt(None, "YAML or JSON file of options (names as on the command line, `set:` for "
                                       "model settings); options given on the command line win over it.")
-    data_root: str = opt("data/shards", "Shard folder holding manifest.json.")
+    data_root: List[str] = opt(None, "Shards: a folder holding manifest.json, a folder URL (http/https, s3, gs) or "
+                                     "a brace pattern (train-{000000..000009}.tar; the manifest is read beside "
+                                     "it). Repeat to mix sets, each with a share of the clips: --data-root "
+                                     "a:0.3 --data-root b:0.7 (see shards/mix.py).",
+                               factory=lambda: ["data/shards"])
     out: Optional[str] = opt(None, "Run folder (default: runs/<stage>-<preset>).")
     preset: Optional[str] = opt(None, "paper, small or tiny (default: paper on CUDA, tiny on CPU).")
     overrides: dict = opt(None, "Model settings over the preset (--set key=value).", cli=False, factory=dict)
@@ -67,6 +71,13 @@ class CommonSettings:
                              "row (0: never); the best checkpoint is kept as best_step_N.pt and named.")
     wandb: bool = opt(False, "Also log to Weights & Biases (optional package; offline unless WANDB_MODE is set).",
                       "--wandb")
+
+    def __post_init__(self) -> None:
+        # Callers (tests, benchmarks, an older config.json) may give one root as a plain string.
+        if isinstance(self.data_root, (str, bytes)) or not isinstance(self.data_root, (list, tuple)):
+            self.data_root = [str(self.data_root)]
+        else:
+            self.data_root = [str(r) for r in self.data_root]
 
 
 @dataclass
@@ -141,6 +152,12 @@ def read_config_file(path: str, settings_cls: type) -> dict:
 
 def _coerce(value, f: dataclasses.Field, path: str):
     kind = _cli_type(f.type)
+    if kind == List[str]:  # one value or a YAML list of them
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in items):
+            raise SettingsError(f"--config {path}: {f.name.replace('_', '-')} must be a string or a list of "
+                                f"strings, got {value!r}")
+        return [str(v) for v in items]
     base = next((t for t in (bool, int, float, str) if kind in (t, Optional[t])), None)
     if value is None or base is None or isinstance(value, base):
         return value
@@ -162,7 +179,8 @@ def typer_command(settings_cls: type, run: Callable[[Any], None], name: str, doc
         if not f.metadata.get("cli", True):
             continue
         decls = f.metadata.get("decls", ())
-        option = typer.Option(f.default, *decls, help=f.metadata["help"])
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        option = typer.Option(default, *decls, help=f.metadata["help"])
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                         annotation=_cli_type(f.type)))
     params.append(inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, annotation=List[str],
@@ -197,7 +215,7 @@ def _from_default(ctx, name: str) -> bool:
     return source is None or getattr(source, "name", "") in ("DEFAULT", "DEFAULT_MAP")
 
 
-_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "Optional[str]": Optional[str],
+_TYPES = {"List[str]": List[str], "str": str, "int": int, "float": float, "bool": bool, "Optional[str]": Optional[str],
           "Optional[int]": Optional[int], "Optional[float]": Optional[float], "Optional[bool]": Optional[bool]}
 
 
@@ -210,7 +228,8 @@ def _cli_type(annotation) -> Any:
 class MotionSettings(CommonSettings):
     """Every option of ``floatctl train-motion`` (stage 1: the LIA-style motion auto-encoder)."""
 
-    data_root: str = opt("data/crops", "Crop-shard folder (written by `floatctl shards`) holding manifest.json.")
+    data_root: List[str] = opt(None, "Crop-shard folder (written by `floatctl shards`) holding manifest.json.",
+                               factory=lambda: ["data/crops"])
     out: Optional[str] = opt(None, "Run folder (default: runs/motion-<preset>).")
     lr: Optional[float] = opt(None, "Peak learning rate of the auto-encoder (default per preset, printed).")
     ema_decay: float = opt(0.999, "EMA decay of the auto-encoder weights (validated, rendered, exported).")

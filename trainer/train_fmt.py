@@ -18,9 +18,10 @@ from float.config import FloatConfig, get_preset
 from float.loss import LossWeights, rectified_flow_loss
 from float.model import FloatMotionModel, count_parameters
 from shards.loader import make_loader
-from shards.sources import check_compatible, manifest_dims, shard_urls
+from shards.mix import ShardSets, open_shard_sets, parse_data_root
+from shards.remote import is_url
+from shards.sources import check_compatible, manifest_dims, manifest_location, shard_urls
 from shards.validation import ValWindows
-from shards.manifest import read_manifest
 from shards.stats import motion_statistics
 from shards.tar import ShardError, check_local_shards
 from shards.windows import WindowSpec
@@ -37,17 +38,29 @@ from trainer.validate import LOSS_KEYS, generation_error, save_motion_samples, v
 
 
 # ---------------------------------------------------------------- data and official weights
-def read_shard_manifest(data_root: str) -> dict:
-    folder = Path(data_root)
-    if not folder.exists():
-        raise TrainingError(f"shard folder {folder} does not exist: write shards with `floatctl shards` "
-                            f"or pass --data-root")
-    if folder.is_dir() and not any(folder.iterdir()):
-        raise TrainingError(f"shard folder {folder} is empty: write shards with `floatctl shards`")
+def read_shard_sets(data_root: list[str] | str) -> ShardSets:
+    """The run's shard sets (local folders, URLs or patterns; several are mixed: shards/mix.py)."""
+    for root in [data_root] if isinstance(data_root, str) else data_root:
+        try:
+            location = parse_data_root(root).location
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
+        if is_url(location) or "{" in location:
+            continue
+        folder = Path(location)
+        if not folder.exists():
+            raise TrainingError(f"shard folder {folder} does not exist: write shards with `floatctl shards` "
+                                f"or pass --data-root")
+        if folder.is_dir() and not any(folder.iterdir()):
+            raise TrainingError(f"shard folder {folder} is empty: write shards with `floatctl shards`")
     try:
-        return read_manifest(folder)
-    except ValueError as e:
+        return open_shard_sets(data_root)
+    except (OSError, ValueError) as e:
         raise TrainingError(str(e)) from None
+
+
+def read_shard_manifest(data_root: list[str] | str) -> dict:
+    return read_shard_sets(data_root).manifest()
 
 
 def wants_motion_normalization(mode: str, manifest: dict) -> bool:
@@ -159,13 +172,15 @@ def _expected_motion_fingerprint(s: TrainSettings, resumed, manifest: dict, warn
     return expected, official
 
 
-def _val_batches(s: TrainSettings, manifest: dict, spec: WindowSpec, cfg: FloatConfig, info: DistInfo,
+def _val_batches(s: TrainSettings, sets: ShardSets, spec: WindowSpec, cfg: FloatConfig, info: DistInfo,
                  log: RunLogger) -> list[dict]:
+    """Val windows of the first --data-root (mixed sets validate on the first one)."""
+    manifest = sets.manifests[0]
     if not info.is_main or (s.val_step <= 0 and s.sample_step <= 0):
         return []
     batches: list[dict] = []
     if manifest["splits"].get("val", {}).get("shards"):
-        val = ValWindows(shard_urls(s.data_root, "val", manifest), spec, s.val_windows_per_clip,
+        val = ValWindows(shard_urls(sets.primary, "val", manifest), spec, s.val_windows_per_clip,
                          max_clips=s.val_clips, motion_dim=cfg.dim_w, audio_dim=cfg.audio_input_dim)
         batches = [to_device(b, info.device) for b in val.batches(s.val_batch_size)]
     if not batches:
@@ -180,7 +195,8 @@ def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rec
     device = info.device
     preset = s.preset or setup.default_preset(device)
     run_dir = Path(s.out or f"runs/float-{preset}")
-    manifest = read_shard_manifest(s.data_root)
+    sets = read_shard_sets(s.data_root)
+    manifest = sets.manifest()
     cfg = _model_config(s, preset, manifest)
     resumed = setup.resume_point(s.resume, run_dir / "checkpoints", FMT_KIND, info)
     if resumed is not None:
@@ -190,9 +206,9 @@ def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rec
     expected_motion_fp, official = _expected_motion_fingerprint(s, resumed, manifest, warn)
     try:
         check_compatible(manifest, cfg, expected_motion_fp)
-        train_urls = shard_urls(s.data_root, "train", manifest)
+        train_urls, mix = sets.loader_kwargs("train")
     except (OSError, ValueError) as e:
-        raise TrainingError(f"{Path(s.data_root) / 'manifest.json'}: {e}") from None
+        raise TrainingError(f"{manifest_location(sets.primary)}: {e}") from None
     try:
         check_local_shards(train_urls)
     except ShardError as e:
@@ -231,11 +247,11 @@ def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rec
         spec = WindowSpec.from_config(cfg, s.windows_per_clip)
         loader = make_loader(train_urls, spec, s.batch_size, num_workers, s.seed, info.rank, info.world_size,
                              pin_memory=device.type == "cuda", shuffle_buffer=s.shuffle_buffer,
-                             motion_dim=cfg.dim_w, audio_dim=cfg.audio_input_dim)
+                             motion_dim=cfg.dim_w, audio_dim=cfg.audio_input_dim, **mix)
         if stream_state is not None:
             # Not strict: other workers/settings restart the stream with a new salt (logged by the loader).
             loader.load_state_dict(stream_state, strict=False)
-        val_batches = _val_batches(s, manifest, spec, cfg, info, log)
+        val_batches = _val_batches(s, sets, spec, cfg, info, log)
 
         resolved = {"preset": preset, "device": str(device), "world_size": info.world_size, "lr": schedule["lr"],
                     "warmup": schedule["warmup"],
@@ -243,6 +259,7 @@ def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rec
                     "grad_scaler": use_scaler, "num_workers": num_workers,
                     "global_batch": s.batch_size * s.grad_accum * info.world_size,
                     "parameters": count_parameters(model), "train_shards": len(train_urls),
+                    "data_mix": {r.location: r.weight for r in sets.roots} if mix else None,
                     "val_windows": sum(b["motion"].shape[0] for b in val_batches)}
         log.info("floatctl train: " + ", ".join(f"{k} {v}" for k, v in resolved.items()))
         log.info(f"model {cfg.name}: dim_h {cfg.dim_h}, depth {cfg.depth}, heads {cfg.num_heads}, dim_w {cfg.dim_w}, "
@@ -256,7 +273,7 @@ def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rec
         if samples_hook is None:
             from trainer.sample_render import SampleRenderer
 
-            samples_hook = SampleRenderer(manifest, s.data_root, cfg.dim_w, log.info)
+            samples_hook = SampleRenderer(sets.manifests[0], sets.primary, cfg.dim_w, log.info)
     except BaseException:
         log.close()
         raise

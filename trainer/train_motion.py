@@ -163,10 +163,17 @@ class MotionStage:
             raise TrainingError(f"checkpoint {path}: cannot restore the discriminator ({e})") from None
 
 
+def _crop_root(s: MotionSettings) -> str:
+    """Stage 1 reads one local crop-shard folder (mixing and URLs are for the FMT's latent shards)."""
+    if len(s.data_root) != 1:
+        raise TrainingError(f"train-motion reads one --data-root, got {len(s.data_root)}: {s.data_root}")
+    return s.data_root[0]
+
+
 def _read_crops(s: MotionSettings) -> tuple[dict, list[str]]:
     try:
-        manifest = read_crop_manifest(s.data_root)
-        return manifest, crop_shard_urls(s.data_root, "train", manifest)
+        manifest = read_crop_manifest(_crop_root(s))
+        return manifest, crop_shard_urls(_crop_root(s), "train", manifest)
     except (ManifestError, OSError, ValueError) as e:
         raise TrainingError(str(e)) from None
 
@@ -184,7 +191,7 @@ def _val_batches(s: MotionSettings, manifest: dict, info: DistInfo, log) -> list
         return []
     batches: list[dict] = []
     if (manifest["splits"].get("val") or {}).get("shards"):
-        val = ValPairs(crop_shard_urls(s.data_root, "val", manifest), s.val_pairs_per_clip, s.val_clips,
+        val = ValPairs(crop_shard_urls(_crop_root(s), "val", manifest), s.val_pairs_per_clip, s.val_clips,
                        seed=s.seed, size=int(manifest["input_size"]))
         batches = [to_device(b, info.device) for b in val.batches(s.val_batch_size)]
     if not batches:

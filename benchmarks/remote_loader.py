@@ -1,0 +1,71 @@
+"""The training loader's windows/s from local disk and from a local HTTP server, in one run.
+
+``.venv/bin/python benchmarks/remote_loader.py [--clips 48 --frames 100 --audio-dim 9216]``
+writes synthetic shards of paper-sized features (wav2vec2's 9,216 wide audio) to a
+temporary folder, serves it on 127.0.0.1 (shards/http_serve.py), and reads it both
+ways with the same loader settings; the HTTP path goes through WebDataset's gopen
+(curl) as a remote bucket would. The issue asks that the remote path stay within 2x
+of local on one machine; the script exits non-zero when it does not.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.loader import loader_throughput  # noqa: E402
+from shards.http_serve import serve_folder  # noqa: E402
+from shards.loader import make_loader  # noqa: E402
+from shards.sources import shard_urls  # noqa: E402
+from shards.windows import WindowSpec  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=48)
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--dim-w", type=int, default=512)
+    parser.add_argument("--audio-dim", type=int, default=9216)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2, help="best of N per source (a busy machine is noisy)")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO / "tests"))
+    from shard_factory import make_shards
+
+    spec = WindowSpec()
+    with tempfile.TemporaryDirectory() as folder:
+        t0 = time.perf_counter()
+        make_shards(folder, {"train": args.clips}, frames=args.frames, dim_w=args.dim_w,
+                    audio_dim=args.audio_dim, clips_per_shard=8)
+        size = sum(p.stat().st_size for p in Path(folder).glob("*.tar")) / 2**20
+        print(f"remote_loader: {args.clips} clips x {args.frames} frames (D={args.dim_w}, A={args.audio_dim}), "
+              f"{size:.0f} MiB of shards written in {time.perf_counter() - t0:.1f} s; batch {args.batch_size}, "
+              f"{args.workers} worker(s), best of {args.repeats}")
+        with serve_folder(folder, lifetime=900) as server:
+            rates = {}
+            for name, root in (("local disk", folder), ("http 127.0.0.1", server.url)):
+                urls = shard_urls(root, "train")
+                best = 0.0
+                for _ in range(args.repeats):
+                    loader = make_loader(urls, spec, args.batch_size, num_workers=args.workers, seed=0,
+                                         pin_memory=False)
+                    best = max(best, loader_throughput(loader, args.batches)["windows_per_s"])
+                rates[name] = best
+                print(f"  {name:>15}: {best:8.0f} windows/s")
+    ratio = rates["local disk"] / rates["http 127.0.0.1"]
+    verdict = "within" if ratio <= 2.0 else "NOT within"
+    print(f"  local / http = {ratio:.2f}x ({verdict} the 2x the issue allows)")
+    if ratio > 2.0:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
