@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from preprocess.discover import ClipSource
-from preprocess.face import (CropBox, crop_box_from_detections, crop_frame, detect_face,
-                             resize_frame, sample_indices)
+from preprocess.face import CropBox, crop_frame, resize_frame, sample_indices
+from preprocess.face_pick import choose_crop_box
 from preprocess.media import (FPS, SAMPLES_PER_FRAME, ClipError, align, decode_audio, describe,
                               iter_video_frames, open_bytes, probe_video)
 
@@ -22,7 +22,6 @@ CROP_MODES = ("auto", "none")
 # Above this many bytes of decoded full-resolution frames, decode twice instead of holding them.
 MEMORY_BUDGET_BYTES = 1 << 30
 DETECT_SAMPLES = 12
-DETECT_HEIGHT = 360
 
 
 @dataclass
@@ -81,7 +80,7 @@ def _crop_held(src: ClipSource, audio: np.ndarray, size: int, min_seconds: float
     full = list(full)
     _check_length(len(full), min_seconds)
     picked = sample_indices(len(full), DETECT_SAMPLES)
-    box = crop_box_from_detections([detect_face(full[i], DETECT_HEIGHT) for i in picked])
+    box = choose_crop_box([full[i] for i in picked])
     frames = np.empty((len(full), size, size, 3), dtype=np.uint8)
     for i in range(len(full)):
         frames[i] = crop_frame(full[i], box, size)
@@ -98,14 +97,14 @@ def _crop_two_pass(src: ClipSource, audio: np.ndarray, size: int, min_seconds: f
     n_frames = len(audio) // SAMPLES_PER_FRAME
     _check_length(n_frames, min_seconds)
     wanted = set(sample_indices(n_frames, DETECT_SAMPLES))
-    boxes = []
+    sampled = []  # a dozen full frames: the face choice re-detects inside its crop of them
     iterator, _ = iter_video_frames(src.video)
     for i, frame in enumerate(iterator):
         if i in wanted:
-            boxes.append(detect_face(frame, DETECT_HEIGHT))
+            sampled.append(frame)
         if i >= n_frames - 1:
             break
-    box = crop_box_from_detections(boxes)
+    box = choose_crop_box(sampled)
     frames = np.empty((n_frames, size, size, 3), dtype=np.uint8)
     iterator, _ = iter_video_frames(src.video)
     for i, frame in enumerate(iterator):

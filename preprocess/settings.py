@@ -91,9 +91,9 @@ def check_options(s: ShardSettings):
 def crop_info(crop: str) -> dict:
     if crop == "none":
         return {"mode": "none", "scale": None, "detector": None}
-    from preprocess import face
+    from preprocess import face, face_pick
 
-    return {"mode": "auto", "scale": face.CROP_SCALE, "detector": face.DETECTOR}
+    return {"mode": "auto", "scale": face.CROP_SCALE, "detector": f"{face.DETECTOR}+{face_pick.METHOD}"}
 
 
 def frame_content(cfg, input_size: int, crop: dict, split_of: dict) -> dict:
