@@ -188,7 +188,7 @@ def _write_clips(todo, s: ShardSettings, input_size: int, encoder, split_of: dic
 def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummary:
     """The whole stage. Bad options, missing inputs or weights raise PipelineError before any
     clip is decoded; rejected clips go to errors.jsonl and the run goes on."""
-    from preprocess.discover import discover
+    from preprocess.discover import discover, flat_folder_warning, looks_like_ravdess
     from preprocess.encode import build_encoder
 
     t0 = time.time()
@@ -199,7 +199,7 @@ def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummar
     part, cfg, input_size = check_options(s)
     root, kind = resolve_input(s, log)
     try:
-        sources, rejected = discover(root, kind, tuple(s.vocal_channels))
+        sources, rejected = discover(root, kind, tuple(s.vocal_channels), s.speaker_pattern)
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:
         raise PipelineError(str(e)) from None
     # In part runs each part reports the name rejections that hash to it, so merged errors hold each once.
@@ -213,6 +213,10 @@ def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummar
         example = f"; e.g. {rejected[0].path}: {rejected[0].reason}" if rejected else ""
         raise PipelineError(f"{root}: no usable clips found ({len(rejected)} file(s) rejected, reasons in "
                             f"{out / errors_name}{example})")
+    if kind != "ravdess" and s.speaker_pattern is None and not looks_like_ravdess(root):
+        warning = flat_folder_warning(root, sources)
+        if warning:
+            log(warning)
     split_of = assign_splits([c.actor for c in sources], s.val_actors, s.test_actors, s.val_ids, s.test_ids, warn=log)
     try:
         encoder = build_encoder(input_size, s.audio_features, s.wav2vec2, s.ser, s.float_ckpt, s.device,

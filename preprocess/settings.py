@@ -35,6 +35,7 @@ class ShardSettings:
     ser: Path | None = None
     float_ckpt: Path | None = None
     vocal_channels: tuple[str, ...] = ("speech", "song")
+    speaker_pattern: str | None = None  # regex on the clip's path under --input, group 1 = speaker
     val_actors: int = 2
     test_actors: int = 2
     val_ids: tuple[str, ...] = ()
