@@ -8,6 +8,7 @@ the face, crop), one frame in memory at a time.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ class PreparedClip:
     box: CropBox | None  # None for crop="none"
     source_fps: float
     sha256: str  # of the source video file (or zip member) bytes
+    segment: dict | None = None  # a segment of a long video: where it sits in the source (meta.json)
 
     @property
     def n_frames(self) -> int:
@@ -150,3 +152,20 @@ def prepare_clip(src: ClipSource, input_size: int, crop: str = "auto", min_secon
         frames, audio, box, source_fps = _crop_two_pass(src, audio, input_size, min_seconds)
     return PreparedClip(source=src, frames=frames, audio=np.ascontiguousarray(audio, dtype=np.float32),
                         box=box, source_fps=source_fps, sha256=sha256)
+
+
+def prepare_source(src: ClipSource, input_size: int, crop: str = "auto", min_seconds: float = 2.0,
+                   segment_seconds: float = 0.0, memory_budget_bytes: int = MEMORY_BUDGET_BYTES):
+    """A PreparedClip, or for a video longer than ``segment_seconds`` (crop "auto", > 0) the
+    SegmentPlan of its segments (preprocess/segments.py), cropped later one segment at a time."""
+    from preprocess.segments import plan_segments
+
+    segment_frames = int(round(segment_seconds * FPS))
+    if crop == "auto" and segment_frames > 0:
+        declared = probe_video(src.video).seconds
+        # Unknown length: plan it (the plan pass counts the frames and makes one segment of a short clip).
+        if declared is None or declared * FPS > segment_frames:
+            sha256 = sha256_of(src.video)
+            return plan_segments(src, _load_audio(src), sha256, segment_frames,
+                                 max(1, int(math.ceil(min_seconds * FPS))))
+    return prepare_clip(src, input_size, crop, min_seconds, memory_budget_bytes)

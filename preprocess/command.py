@@ -81,6 +81,11 @@ def shards(
     shard_size_mb: Annotated[float, typer.Option(help="Size cap per shard in MiB.")] = 256.0,
     shard_samples: Annotated[Optional[int], typer.Option(help="Optional cap on samples per shard.")] = None,
     min_seconds: Annotated[float, typer.Option(help="Reject clips shorter than this (seconds).")] = 2.0,
+    segment_seconds: Annotated[float, typer.Option(
+        help="Cut videos longer than this into segments of at most this many seconds (keys <clip>-s000, "
+             "-s001...; meta.json 'segment' gives each one's start in the source), each with its own face "
+             "crop; scene cuts and 2+ s without a face end a segment (left-out spans in errors.jsonl). "
+             "Decoded twice, one segment in memory at a time. 0: never cut. With --crop auto only.")] = 15.0,
     seed: Annotated[int, typer.Option(help="Seed of the random encoder weights and the synthetic set.")] = 0,
     overwrite: Annotated[bool, typer.Option(
         help="Delete this run's existing shards, manifest and errors in --out and start over (needed "
@@ -132,7 +137,7 @@ def shards(
         vocal_channels=_csv(vocal_channels), speaker_pattern=speaker_pattern, val_actors=val_actors, test_actors=test_actors,
         val_ids=_csv(val_ids), test_ids=_csv(test_ids), workers=workers, batch_size=batch_size,
         device=device, part=part, shard_size_mb=shard_size_mb, shard_samples=shard_samples,
-        min_seconds=min_seconds, seed=seed, overwrite=overwrite, progress=progress,
+        min_seconds=min_seconds, segment_seconds=segment_seconds, seed=seed, overwrite=overwrite, progress=progress,
         crops=crops and from_crops is None, crops_out=crops_out, from_crops=from_crops, motion_ckpt=motion_ckpt)
     try:
         summary = run_shards(settings)
