@@ -8,13 +8,14 @@ the face, crop), one frame in memory at a time.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from preprocess.discover import ClipSource
-from preprocess.face import (CropBox, crop_box_from_detections, crop_frame, detect_face,
-                             resize_frame, sample_indices)
+from preprocess.face import CropBox, crop_frame, resize_frame, sample_indices
+from preprocess.face_pick import choose_crop_box
 from preprocess.media import (FPS, SAMPLES_PER_FRAME, ClipError, align, decode_audio, describe,
                               iter_video_frames, open_bytes, probe_video)
 
@@ -22,7 +23,6 @@ CROP_MODES = ("auto", "none")
 # Above this many bytes of decoded full-resolution frames, decode twice instead of holding them.
 MEMORY_BUDGET_BYTES = 1 << 30
 DETECT_SAMPLES = 12
-DETECT_HEIGHT = 360
 
 
 @dataclass
@@ -33,6 +33,7 @@ class PreparedClip:
     box: CropBox | None  # None for crop="none"
     source_fps: float
     sha256: str  # of the source video file (or zip member) bytes
+    segment: dict | None = None  # a segment of a long video: where it sits in the source (meta.json)
 
     @property
     def n_frames(self) -> int:
@@ -81,7 +82,7 @@ def _crop_held(src: ClipSource, audio: np.ndarray, size: int, min_seconds: float
     full = list(full)
     _check_length(len(full), min_seconds)
     picked = sample_indices(len(full), DETECT_SAMPLES)
-    box = crop_box_from_detections([detect_face(full[i], DETECT_HEIGHT) for i in picked])
+    box = choose_crop_box([full[i] for i in picked])
     frames = np.empty((len(full), size, size, 3), dtype=np.uint8)
     for i in range(len(full)):
         frames[i] = crop_frame(full[i], box, size)
@@ -98,14 +99,14 @@ def _crop_two_pass(src: ClipSource, audio: np.ndarray, size: int, min_seconds: f
     n_frames = len(audio) // SAMPLES_PER_FRAME
     _check_length(n_frames, min_seconds)
     wanted = set(sample_indices(n_frames, DETECT_SAMPLES))
-    boxes = []
+    sampled = []  # a dozen full frames: the face choice re-detects inside its crop of them
     iterator, _ = iter_video_frames(src.video)
     for i, frame in enumerate(iterator):
         if i in wanted:
-            boxes.append(detect_face(frame, DETECT_HEIGHT))
+            sampled.append(frame)
         if i >= n_frames - 1:
             break
-    box = crop_box_from_detections(boxes)
+    box = choose_crop_box(sampled)
     frames = np.empty((n_frames, size, size, 3), dtype=np.uint8)
     iterator, _ = iter_video_frames(src.video)
     for i, frame in enumerate(iterator):
@@ -151,3 +152,20 @@ def prepare_clip(src: ClipSource, input_size: int, crop: str = "auto", min_secon
         frames, audio, box, source_fps = _crop_two_pass(src, audio, input_size, min_seconds)
     return PreparedClip(source=src, frames=frames, audio=np.ascontiguousarray(audio, dtype=np.float32),
                         box=box, source_fps=source_fps, sha256=sha256)
+
+
+def prepare_source(src: ClipSource, input_size: int, crop: str = "auto", min_seconds: float = 2.0,
+                   segment_seconds: float = 0.0, memory_budget_bytes: int = MEMORY_BUDGET_BYTES):
+    """A PreparedClip, or for a video longer than ``segment_seconds`` (crop "auto", > 0) the
+    SegmentPlan of its segments (preprocess/segments.py), cropped later one segment at a time."""
+    from preprocess.segments import plan_segments
+
+    segment_frames = int(round(segment_seconds * FPS))
+    if crop == "auto" and segment_frames > 0:
+        declared = probe_video(src.video).seconds
+        # Unknown length: plan it (the plan pass counts the frames and makes one segment of a short clip).
+        if declared is None or declared * FPS > segment_frames:
+            sha256 = sha256_of(src.video)
+            return plan_segments(src, _load_audio(src), sha256, segment_frames,
+                                 max(1, int(math.ceil(min_seconds * FPS))))
+    return prepare_clip(src, input_size, crop, min_seconds, memory_budget_bytes)

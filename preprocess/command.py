@@ -24,7 +24,10 @@ def shards(
              "(Video_Speech_Actor_NN.zip, Audio_Speech_Actors_01-24.zip...) read in place.")] = None,
     input: Annotated[Optional[Path], typer.Option(
         "--input", help="Any folder of talking-head clips (mp4/mkv/mov with audio, or with a same-stem "
-                        ".wav); actor = parent folder name, emotion unknown. With neither --ravdess nor "
+                        ".wav); emotion unknown. Speaker (splits are by speaker) = the first folder under "
+                        "--input (root/SPEAKER/.../clip.mp4), or --speaker-pattern; a clip directly in "
+                        "--input is its own speaker, with a warning (identity-leak risk). Videos longer than "
+                        "--segment-seconds are cut into segments. With neither --ravdess nor "
                         f"--input, a synthetic RAVDESS-format set is made in {DEFAULT_SYNTHETIC_DIR} and used.")] = None,
     out: Annotated[Path, typer.Option(help="Shard folder ({split}-NNNNNN.tar, manifest.json, errors.jsonl).")]
         = Path("data/shards"),
@@ -49,6 +52,10 @@ def shards(
              "--preset paper). Without it the encoder has seeded RANDOM weights, labelled in the manifest.")] = None,
     vocal_channels: Annotated[str, typer.Option(
         help="RAVDESS vocal channels to use, comma-separated: speech, song or speech,song.")] = "speech,song",
+    speaker_pattern: Annotated[Optional[str], typer.Option(
+        help="With --input: a regular expression searched in each clip's path under --input ('/' "
+             "separators); its first group is the speaker, e.g. '^([^/]+)/' (first folder) or "
+             r"'(id\d+)_' (a name prefix). Clips it does not match are rejected (errors.jsonl).")] = None,
     val_actors: Annotated[int, typer.Option(
         help="Number of validation actors: the highest-numbered actors below the test actors. With few "
              "actors, val/test shrink (with a warning) until at most half the actors are held out "
@@ -74,6 +81,11 @@ def shards(
     shard_size_mb: Annotated[float, typer.Option(help="Size cap per shard in MiB.")] = 256.0,
     shard_samples: Annotated[Optional[int], typer.Option(help="Optional cap on samples per shard.")] = None,
     min_seconds: Annotated[float, typer.Option(help="Reject clips shorter than this (seconds).")] = 2.0,
+    segment_seconds: Annotated[float, typer.Option(
+        help="Cut videos longer than this into segments of at most this many seconds (keys <clip>-s000, "
+             "-s001...; meta.json 'segment' gives each one's start in the source), each with its own face "
+             "crop; scene cuts and 2+ s without a face end a segment (left-out spans in errors.jsonl). "
+             "Decoded twice, one segment in memory at a time. 0: never cut. With --crop auto only.")] = 15.0,
     seed: Annotated[int, typer.Option(help="Seed of the random encoder weights and the synthetic set.")] = 0,
     overwrite: Annotated[bool, typer.Option(
         help="Delete this run's existing shards, manifest and errors in --out and start over (needed "
@@ -122,10 +134,10 @@ def shards(
     settings = ShardSettings(
         ravdess=ravdess, input=input, out=out, preset=preset, input_size=input_size, crop=crop,
         audio_features=audio_features, wav2vec2=wav2vec2, ser=ser, float_ckpt=float_ckpt,
-        vocal_channels=_csv(vocal_channels), val_actors=val_actors, test_actors=test_actors,
+        vocal_channels=_csv(vocal_channels), speaker_pattern=speaker_pattern, val_actors=val_actors, test_actors=test_actors,
         val_ids=_csv(val_ids), test_ids=_csv(test_ids), workers=workers, batch_size=batch_size,
         device=device, part=part, shard_size_mb=shard_size_mb, shard_samples=shard_samples,
-        min_seconds=min_seconds, seed=seed, overwrite=overwrite, progress=progress,
+        min_seconds=min_seconds, segment_seconds=segment_seconds, seed=seed, overwrite=overwrite, progress=progress,
         crops=crops and from_crops is None, crops_out=crops_out, from_crops=from_crops, motion_ckpt=motion_ckpt)
     try:
         summary = run_shards(settings)

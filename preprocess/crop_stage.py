@@ -44,12 +44,12 @@ class CropOutput:
             raise PipelineError(f"--crops-out {folder} is the latent shard folder --out: give crops a folder "
                                 "of their own")
         crop = crop_info(s.crop)
-        content = frame_content(cfg, input_size, crop, split_of)  # what changes crop samples or their split
+        content = frame_content(cfg, input_size, crop, split_of, s.segment_seconds)  # what changes crop samples or their split
         settings = {"input_root": str(root), "input_kind": kind, "input_size": input_size, "crop": s.crop,
                     "latents_out": str(s.out), "splits": {"val": content["val_actors"],
                                                          "test": content["test_actors"]},
                     "part": s.part, "shard_size_mb": s.shard_size_mb, "shard_samples": s.shard_samples,
-                    "min_seconds": s.min_seconds, "vocal_channels": list(s.vocal_channels)}
+                    "min_seconds": s.min_seconds, "segment_seconds": s.segment_seconds, "vocal_channels": list(s.vocal_channels)}
         base = crop_manifest_base(input_size, crop, content, settings)
         scans, known = prepare_out_folder(folder, part, s.overwrite, base, log)
         keeper, writers = open_writers(folder, part, base, scans, known, s.shard_size_mb, s.shard_samples)
@@ -70,6 +70,8 @@ class CropOutput:
             "emotion": src.emotion, "fields": src.fields, "kind": CROPS_KIND,
             "settings_fingerprint": self.keeper.base["fingerprint"], "format_version": FORMAT_VERSION,
         }
+        if getattr(prepared, "segment", None):
+            meta["segment"] = prepared.segment
         self.keeper.frames_of[src.clip_id] = len(prepared.frames)
         self.keeper.actor_of[src.clip_id] = src.actor
         self.writers[split].add(src.clip_id, crop_members(prepared.frames, prepared.audio,

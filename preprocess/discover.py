@@ -96,13 +96,14 @@ def parse_ravdess_name(stem: str) -> dict:
             "statement": statement, "repetition": repetition, "actor": actor}
 
 
-def discover(root: Path, kind: str = "auto",
-             vocal_channels: tuple[str, ...] = VOCAL_CHANNELS) -> tuple[list[ClipSource], list[Rejected]]:
+def discover(root: Path, kind: str = "auto", vocal_channels: tuple[str, ...] = VOCAL_CHANNELS,
+             speaker_pattern: str | None = None) -> tuple[list[ClipSource], list[Rejected]]:
     """All clips under `root`, sorted by clip_id, and the files rejected by name.
 
     kind: "ravdess", "folder", or "auto" (RAVDESS when `root` holds Actor_NN folders or
-    RAVDESS zips). Raises FileNotFoundError / NotADirectoryError / ValueError for a
-    missing root, a file given as root, or an unknown kind or vocal channel.
+    RAVDESS zips). The speaker (``actor``, what splits go by) of a plain-folder clip: see
+    ``speaker_of``. Raises FileNotFoundError / NotADirectoryError / ValueError for a
+    missing root, a file given as root, an unknown kind or vocal channel, or a bad pattern.
     """
     root = Path(root)
     if kind not in KINDS:
@@ -116,10 +117,13 @@ def discover(root: Path, kind: str = "auto",
         raise NotADirectoryError(f"input {root} is not a folder")
     if kind == "auto":
         kind = "ravdess" if looks_like_ravdess(root) else "folder"
+    pattern = compile_speaker_pattern(speaker_pattern)
     if kind == "ravdess":
+        if pattern is not None:
+            raise ValueError("--speaker-pattern is for plain folders; RAVDESS actors come from the file names")
         clips, rejected = _discover_ravdess(root, tuple(vocal_channels))
     else:
-        clips, rejected = _discover_folder(root)
+        clips, rejected = _discover_folder(root, pattern)
     return sorted(clips, key=lambda c: c.clip_id), sorted(rejected, key=lambda r: (r.path, r.reason))
 
 
@@ -253,7 +257,50 @@ def _clip_key(parts: tuple[str, ...]) -> str:
     return key
 
 
-def _discover_folder(root: Path) -> tuple[list[ClipSource], list[Rejected]]:
+def compile_speaker_pattern(pattern: str | None) -> re.Pattern | None:
+    """The --speaker-pattern regex, checked: it must compile and have a group (the speaker)."""
+    if pattern is None:
+        return None
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"--speaker-pattern {pattern!r} is not a regular expression: {exc}") from None
+    if compiled.groups < 1:
+        raise ValueError(f"--speaker-pattern {pattern!r} has no group: put the speaker in (...), "
+                         r"e.g. '^([^/]+)/' or '(spk\d+)_'")
+    return compiled
+
+
+def speaker_of(relative: PurePosixPath, pattern: re.Pattern | None) -> str | None:
+    """The speaker of a clip at ``relative`` (its path under the input folder, with '/').
+
+    The rule (documented in ``floatctl shards --help``):
+    - with --speaker-pattern: the first group of the regex searched in the relative path
+      (None when it does not match: the clip is rejected, never given a made-up speaker);
+    - otherwise: the first folder under the input folder (root/SPEAKER/.../clip.mp4), so all
+      clips below one speaker folder, in whatever sub-folders, share a speaker;
+    - a clip directly in the input folder: its own file stem (one speaker per file; see
+      ``flat_folder_warning``: the split cannot keep one person out of two splits then).
+    """
+    if pattern is not None:
+        match = pattern.search(relative.as_posix())
+        return match.group(1) if match and match.group(1) else None
+    return relative.parts[0] if len(relative.parts) > 1 else relative.stem
+
+
+def flat_folder_warning(root: Path, clips: list[ClipSource]) -> str | None:
+    """The identity-leak warning for clips whose speaker the folder does not tell (None when none)."""
+    loose = [c for c in clips if Path(c.video).parent == Path(root)]
+    if not loose:
+        return None
+    return (f"WARNING: {len(loose)} of {len(clips)} clip(s) sit directly in {root} (e.g. "
+            f"{Path(loose[0].video).name}), so their speaker cannot be told: each file is taken as its own "
+            f"speaker. If one person appears in several of these files, the split by speaker cannot keep them "
+            f"out of val/test (an identity leak that flatters held-out scores). Put each speaker's clips in a "
+            f"folder of their own (root/SPEAKER/clip.mp4) or give --speaker-pattern REGEX (first group = speaker).")
+
+
+def _discover_folder(root: Path, pattern: re.Pattern | None = None) -> tuple[list[ClipSource], list[Rejected]]:
     clips: dict[str, ClipSource] = {}
     rejected: list[Rejected] = []
     videos = sorted(p for p in root.rglob("*")
@@ -267,7 +314,10 @@ def _discover_folder(root: Path) -> tuple[list[ClipSource], list[Rejected]]:
             continue
         wavs = [video.with_suffix(ext) for ext in (".wav", ".WAV")]
         audio = next((str(w) for w in wavs if w.is_file()), None)
-        # The identity is the folder the clip sits in; a clip directly in root is its own identity.
-        actor = relative.parts[-2] if len(relative.parts) > 1 else relative.stem
+        actor = speaker_of(PurePosixPath(relative.as_posix()), pattern)
+        if actor is None:
+            rejected.append(Rejected(str(video), f"path {relative.as_posix()!r} does not match --speaker-pattern "
+                                                 f"{pattern.pattern!r} (no speaker)"))
+            continue
         clips[key] = ClipSource(clip_id=key, video=str(video), audio=audio, actor=actor, emotion=None, fields={})
     return list(clips.values()), rejected

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from float.device import resolve_device
 from preprocess.errors import EncoderSetupError
-from shards.sample import REFERENCE_QUALITY, REFERENCE_SIZE
+from shards.sample import REFERENCE_QUALITY
 
 from float.config import EMOTIONS, SAMPLES_PER_FRAME, SAMPLING_RATE
 
@@ -122,7 +122,7 @@ class ClipEncoder:
             "lambdas": {"dim": int(self.motion.motion_dim), "dtype": "float32"},
             "audio": audio,
             "emotion": {"dim": len(EMOTIONS), "dtype": "float32", "probs": self.emotion is not None},
-            "reference": {"format": "jpeg", "size": REFERENCE_SIZE, "quality": REFERENCE_QUALITY},
+            "reference": {"format": "jpeg", "size": int(self.motion.size), "quality": REFERENCE_QUALITY},  # the crop size
         }
 
     def fingerprints(self) -> dict:

@@ -46,7 +46,7 @@ def _prepared(clip: CropClip):
                         meta.get("fields") or {})
     return PreparedClip(source=source, frames=clip.frames(), audio=clip.wave(),
                         box=CropBox(**box) if box else None, source_fps=float(meta.get("source_fps") or 25.0),
-                        sha256=meta.get("sha256") or "")
+                        sha256=meta.get("sha256") or "", segment=meta.get("segment"))
 
 
 def run_from_crops(s, log: Callable[[str], None]):

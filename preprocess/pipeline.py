@@ -52,12 +52,13 @@ from shards.sample import encode_sample, sample_meta
 def sample_members(key: str, split: str, prepared, encoded, settings_fp: str, encoder_fps: dict) -> dict[str, bytes]:
     """The shard members of one prepared and encoded clip (the codec is shards/sample.py)."""
     src = prepared.source
+    extra = {"segment": prepared.segment} if getattr(prepared, "segment", None) else {}
     meta = sample_meta(
         key, split, FPS, len(prepared.frames), settings_fp,
         actor=src.actor, source={"video": src.video, "audio": src.audio}, sha256=prepared.sha256,
         source_fps=round(float(prepared.source_fps), 6),
         crop=prepared.box.as_dict() if prepared.box is not None else None,
-        emotion=src.emotion, fields=src.fields, encoders=encoder_fps)
+        emotion=src.emotion, fields=src.fields, encoders=encoder_fps, **extra)
     return encode_sample(meta, encoded.motion, encoded.lambdas, encoded.audio, src.emotion, prepared.frames[0],
                          encoded.emotion_probs)
 
@@ -69,37 +70,39 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core already; avoid oversubscription
 
 
-def _prepare_one(src, input_size: int, crop: str, min_seconds: float):
-    """Runs in a worker: (PreparedClip, None) or (None, {"file", "reason"}). Never raises."""
-    from preprocess.clip import prepare_clip
+def _prepare_one(src, input_size: int, crop: str, min_seconds: float, segment_seconds: float = 0.0):
+    """Runs in a worker: (PreparedClip or SegmentPlan, None) or (None, {"file", "reason"}). Never raises."""
+    from preprocess.clip import prepare_source
 
     try:
-        return prepare_clip(src, input_size, crop=crop, min_seconds=min_seconds), None
+        return prepare_source(src, input_size, crop, min_seconds, segment_seconds), None
     except ClipError as e:
         return None, {"file": src.video, "reason": str(e)}
     except Exception as e:  # one odd file must not end a long run; the reason says it was unexpected
         return None, {"file": src.video, "reason": f"unexpected {type(e).__name__}: {e}"}
 
 
-def _prepared_in_order(todo, workers: int, input_size: int, crop: str, min_seconds: float):
+def _prepared_in_order(todo, workers: int, input_size: int, crop: str, min_seconds: float,
+                       segment_seconds: float = 0.0):
     """Yield (source, result) in ``todo`` order, keeping at most workers + 2 clips in flight."""
+    args = (input_size, crop, min_seconds, segment_seconds)
     if workers <= 0:
         for src in todo:
-            yield src, _prepare_one(src, input_size, crop, min_seconds)
+            yield src, _prepare_one(src, *args)
         return
     ctx = get_context("spawn")  # torch is loaded here; forking it is unsafe
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
         pending = deque()
         it = iter(todo)
         for src in it:
-            pending.append((src, pool.submit(_prepare_one, src, input_size, crop, min_seconds)))
+            pending.append((src, pool.submit(_prepare_one, src, *args)))
             if len(pending) >= workers + 2:
                 break
         while pending:
             src, fut = pending.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(_prepare_one, nxt, input_size, crop, min_seconds)))
+                pending.append((nxt, pool.submit(_prepare_one, nxt, *args)))
             yield src, fut.result()
 
 
@@ -133,6 +136,23 @@ def resolve_input(s: ShardSettings, log=_log) -> tuple[Path, str]:
     return root, kind
 
 
+def _samples_of(src, prepared, error, input_size: int):
+    """(source, PreparedClip, None) or (source, None, error) for each sample of one source: a clip as it
+    came from the worker, or a long video's segments cropped here one at a time (preprocess/segments.py)."""
+    from preprocess.segments import SegmentPlan, iter_segments
+
+    if not isinstance(prepared, SegmentPlan):
+        yield src, prepared, error
+        return
+    for left_out in prepared.errors:
+        yield src, None, left_out
+    try:
+        for segment, seg_error in iter_segments(src, prepared, input_size):
+            yield (segment.source if segment is not None else src), segment, seg_error
+    except ClipError as e:  # the second decode failed part-way: the segments already yielded stand
+        yield src, None, {"file": src.video, "reason": f"cropping the segments stopped: {e}"}
+
+
 def _write_clips(todo, s: ShardSettings, input_size: int, encoder, split_of: dict, writers: dict,
                  keeper: ManifestKeeper, errors: list[dict], done: set = frozenset(),
                  crops=None) -> tuple[dict[str, int], int]:
@@ -145,14 +165,17 @@ def _write_clips(todo, s: ShardSettings, input_size: int, encoder, split_of: dic
     t0 = time.time()
     progress = progress_bar(len(todo), s.progress)
     try:
-        for src, (prepared, error) in _prepared_in_order(todo, s.workers, input_size, s.crop, s.min_seconds):
-            if error is not None:
-                errors.append(error)
-            else:
-                split = split_of[src.actor]
+        for source, result in _prepared_in_order(todo, s.workers, input_size, s.crop, s.min_seconds,
+                                                 s.segment_seconds):
+            for src, prepared, error in _samples_of(source, *result, input_size):
+                if error is not None:
+                    errors.append(error)
+                    continue
+                split = split_of[src.actor]  # a segment keeps its video's speaker, so its split
                 if crops is not None:
                     crops.add(split, prepared)  # the frames the encoder sees, JPEG'd in the same pass
-            if error is None and src.clip_id not in done:
+                if src.clip_id in done:
+                    continue
                 encoded = encoder.encode(prepared.frames, prepared.audio)
                 keeper.frames_of[src.clip_id] = len(prepared.frames)
                 keeper.actor_of[src.clip_id] = src.actor
@@ -188,7 +211,7 @@ def _write_clips(todo, s: ShardSettings, input_size: int, encoder, split_of: dic
 def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummary:
     """The whole stage. Bad options, missing inputs or weights raise PipelineError before any
     clip is decoded; rejected clips go to errors.jsonl and the run goes on."""
-    from preprocess.discover import discover
+    from preprocess.discover import discover, flat_folder_warning, looks_like_ravdess
     from preprocess.encode import build_encoder
 
     t0 = time.time()
@@ -199,7 +222,7 @@ def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummar
     part, cfg, input_size = check_options(s)
     root, kind = resolve_input(s, log)
     try:
-        sources, rejected = discover(root, kind, tuple(s.vocal_channels))
+        sources, rejected = discover(root, kind, tuple(s.vocal_channels), s.speaker_pattern)
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:
         raise PipelineError(str(e)) from None
     # In part runs each part reports the name rejections that hash to it, so merged errors hold each once.
@@ -213,6 +236,10 @@ def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummar
         example = f"; e.g. {rejected[0].path}: {rejected[0].reason}" if rejected else ""
         raise PipelineError(f"{root}: no usable clips found ({len(rejected)} file(s) rejected, reasons in "
                             f"{out / errors_name}{example})")
+    if kind != "ravdess" and s.speaker_pattern is None and not looks_like_ravdess(root):
+        warning = flat_folder_warning(root, sources)
+        if warning:
+            log(warning)
     split_of = assign_splits([c.actor for c in sources], s.val_actors, s.test_actors, s.val_ids, s.test_ids, warn=log)
     try:
         encoder = build_encoder(input_size, s.audio_features, s.wav2vec2, s.ser, s.float_ckpt, s.device,

@@ -35,6 +35,7 @@ class ShardSettings:
     ser: Path | None = None
     float_ckpt: Path | None = None
     vocal_channels: tuple[str, ...] = ("speech", "song")
+    speaker_pattern: str | None = None  # regex on the clip's path under --input, group 1 = speaker
     val_actors: int = 2
     test_actors: int = 2
     val_ids: tuple[str, ...] = ()
@@ -46,6 +47,7 @@ class ShardSettings:
     shard_size_mb: float = 256.0
     shard_samples: int | None = None
     min_seconds: float = 2.0
+    segment_seconds: float = 15.0  # longer videos are cut into segments of at most this (0: never)
     seed: int = 0
     overwrite: bool = False
     synthetic_dir: Path = DEFAULT_SYNTHETIC_DIR
@@ -77,6 +79,9 @@ def check_options(s: ShardSettings):
         raise PipelineError(str(e)) from None
     if s.crop not in ("auto", "none"):
         raise PipelineError(f"--crop must be auto or none, got {s.crop!r}")
+    if s.segment_seconds < 0 or 0 < s.segment_seconds < s.min_seconds:
+        raise PipelineError(f"--segment-seconds must be 0 (never cut) or at least --min-seconds "
+                            f"({s.min_seconds}), got {s.segment_seconds}")
     if s.shard_size_mb <= 0:
         raise PipelineError(f"--shard-size-mb must be positive, got {s.shard_size_mb}")
     if s.shard_samples is not None and s.shard_samples < 1:
@@ -91,17 +96,17 @@ def check_options(s: ShardSettings):
 def crop_info(crop: str) -> dict:
     if crop == "none":
         return {"mode": "none", "scale": None, "detector": None}
-    from preprocess import face
+    from preprocess import face, face_pick
 
-    return {"mode": "auto", "scale": face.CROP_SCALE, "detector": face.DETECTOR}
+    return {"mode": "auto", "scale": face.CROP_SCALE, "detector": f"{face.DETECTOR}+{face_pick.METHOD}"}
 
 
-def frame_content(cfg, input_size: int, crop: dict, split_of: dict) -> dict:
+def frame_content(cfg, input_size: int, crop: dict, split_of: dict, segment_seconds: float = 0.0) -> dict:
     """What changes the frames and audio of a sample or its split: hashed into the crop folder's
     fingerprint as it is, and into the latent folder's with the encoder settings added."""
     return {
         "format_version": FORMAT_VERSION, "fps": cfg.fps, "sampling_rate": cfg.sampling_rate,
-        "input_size": input_size, "crop": crop,
+        "input_size": input_size, "crop": crop, "segment_seconds": segment_seconds,
         "val_actors": sorted((a for a, sp in split_of.items() if sp == "val"), key=actor_order),
         "test_actors": sorted((a for a, sp in split_of.items() if sp == "test"), key=actor_order),
     }
@@ -111,7 +116,7 @@ def describe_run(s: ShardSettings, cfg, input_size: int, encoder, split_of: dict
     """The manifest minus its splits: features, encoders, crop, settings and the fingerprint."""
     crop = crop_info(s.crop)
     # What changes sample content or split membership; workers, batch size, shard size, part do not.
-    content = frame_content(cfg, input_size, crop, split_of) | {
+    content = frame_content(cfg, input_size, crop, split_of, s.segment_seconds) | {
         "audio_features": encoder.audio_kind, "motion_precision": encoder.motion_precision}
     encoder_fps = encoder.fingerprints()
     settings = s.as_json() | {"input_size": input_size, "input_root": str(root), "input_kind": kind,

@@ -21,7 +21,7 @@ LAMBDAS = "lambda.npy"  # (T, dim_m) float32: the motion coefficients of each fr
 AUDIO = "audio.npy"  # (T, D) float16: audio features at the video frame rate
 EMOTION = "emotion.npy"  # (7,) float32: one-hot label from the file name (zeros if unknown)
 EMOTION_PROBS = "emotion_probs.npy"  # (7,) float32: speech-emotion model softmax (optional)
-REFERENCE = "ref.jpg"  # small JPEG of the cropped first frame
+REFERENCE = "ref.jpg"  # JPEG of the cropped first frame at the crop size (input_size)
 META = "meta.json"  # actor, source path and sha256, fps, n_frames, crop box, fingerprints
 
 # Every member a sample may hold; the ones training decodes (the rest is skipped unread); the ones every

@@ -19,7 +19,11 @@ from shards.format import (AUDIO, AUDIO_DTYPE, EMOTION, EMOTION_PROBS, EMOTIONS,
                            MOTION, MOTION_DTYPE, REFERENCE, REQUIRED_MEMBERS, REQUIRED_META, decode_npy,
                            encode_json, encode_npy, member_problems)
 
-REFERENCE_SIZE = 128  # side of the reference JPEG (cropped first frame)
+# The reference JPEG (cropped first frame) is kept at the crop size of the shards (the preset's
+# input size: 512 px for the paper, 128 for tiny), never shrunk: held-out sampling and training
+# samples render from it, and a downscaled reference made them blurry. REFERENCE_SIZE = None
+# means "the frame's own size".
+REFERENCE_SIZE = None
 REFERENCE_QUALITY = 90
 EMOTION_MODES = ("auto", "probs", "label")
 
@@ -35,11 +39,12 @@ def emotion_one_hot(label: str | None) -> np.ndarray:
     return out
 
 
-def reference_jpeg(frame: np.ndarray, size: int = REFERENCE_SIZE, quality: int = REFERENCE_QUALITY) -> bytes:
-    """Small JPEG of one RGB uint8 frame (INTER_AREA downscale, fixed quality: deterministic)."""
+def reference_jpeg(frame: np.ndarray, size: int | None = REFERENCE_SIZE, quality: int = REFERENCE_QUALITY) -> bytes:
+    """JPEG of one RGB uint8 frame at its own size, or resized to ``size`` (INTER_AREA when shrinking);
+    fixed quality, so deterministic."""
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
         raise ValueError(f"reference frame must be (H,W,3) uint8, got {frame.shape} {frame.dtype}")
-    if frame.shape[0] != size or frame.shape[1] != size:
+    if size is not None and (frame.shape[0] != size or frame.shape[1] != size):
         interp = cv2.INTER_AREA if frame.shape[0] > size else cv2.INTER_CUBIC
         frame = cv2.resize(frame, (size, size), interpolation=interp)
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])

@@ -375,7 +375,9 @@ def test_emotion_and_reference_helpers():
     assert reference_jpeg(frame) == reference_jpeg(frame.copy())
     import cv2
 
-    assert cv2.imdecode(np.frombuffer(reference_jpeg(frame), np.uint8), cv2.IMREAD_COLOR).shape == (128, 128, 3)
+    # kept at the crop's own size (512 px crops give a 512 px reference), shrunk only when asked
+    assert cv2.imdecode(np.frombuffer(reference_jpeg(frame), np.uint8), cv2.IMREAD_COLOR).shape == (256, 256, 3)
+    assert cv2.imdecode(np.frombuffer(reference_jpeg(frame, 64), np.uint8), cv2.IMREAD_COLOR).shape == (64, 64, 3)
 
 
 def test_motion_encoder_from_float_pth(tmp_path):
