@@ -148,7 +148,8 @@ def shards(
 
 
 def inspect(
-    folder: Annotated[Path, typer.Argument(help="Shard folder written by `floatctl shards`.")] = Path("data/shards"),
+    folder: Annotated[str, typer.Argument(help="Shard folder written by `floatctl shards`, or its URL "
+                                                "(http/https, s3, gs).")] = "data/shards",
     manifest: Annotated[str, typer.Option(
         help="Manifest file name in the folder (e.g. manifest.part-1-of-4.json for one part).")] = "manifest.json",
     hash: Annotated[bool, typer.Option(help="Check every shard's sha256 against the manifest.")] = True,

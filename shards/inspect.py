@@ -8,7 +8,9 @@ against the manifest.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from shards.crops import CROPS_KIND, check_crop_sample, manifest_kind
 from shards.files import file_sha256
 from shards.format import MANIFEST, META, SPLITS
 from shards.errors import ManifestError, ShardError
-from shards.manifest import read_manifest
+from shards.manifest import read_manifest, validate_manifest
+from shards.remote import is_url, join_location, read_json_location, read_location
 from shards.sample import check_sample
 from shards.tar import iter_tar_samples
 from shards.writer import TMP_SUFFIX, parse_shard_name
@@ -93,23 +96,85 @@ class InspectReport:
         return not self.problems
 
 
-def inspect_shards(folder: Path, manifest_name: str = MANIFEST, check_hash: bool = True) -> InspectReport:
-    """Validate every shard listed by the manifest; collect problems instead of stopping at the first."""
-    folder = Path(folder)
+@contextlib.contextmanager
+def _readable(root: str, name: str):
+    """A local path to shard ``name`` of ``root``: the file itself, or a temporary copy of a URL's bytes
+    (read through shards/remote.py, so the same handlers and retries as training apply)."""
+    if not is_url(root):
+        yield Path(root) / name
+        return
+    with tempfile.TemporaryDirectory(prefix="inspect-") as tmp:
+        path = Path(tmp) / name
+        try:
+            path.write_bytes(read_location(join_location(root, name)))
+        except OSError:
+            pass  # reported as missing
+        yield path
+
+
+def _check_shard(path: Path, shown, shard: dict, split: str, manifest: dict, check_hash: bool,
+                 stats: SplitStats, problems: list[str], seen: dict) -> None:
+    """Size, sha256, sample count and every sample of one listed shard (``shown`` names it in messages)."""
+    name = shard["name"]
+    if not path.is_file():
+        problems.append(f"{shown}: listed in the manifest but missing")
+        return
+    check = check_crop_sample if manifest_kind(manifest) == CROPS_KIND else check_sample
+    size = path.stat().st_size
+    stats.bytes += size
+    if size != shard["bytes"]:
+        problems.append(f"{shown}: {size} bytes, manifest says {shard['bytes']}")
+    elif check_hash and file_sha256(path) != shard["sha256"]:
+        problems.append(f"{shown}: sha256 differs from the manifest (file changed or corrupt)")
+    samples = 0
+    try:
+        for key, members in iter_samples(path):
+            samples += 1
+            where = f"{name}:{key}"
+            if key in seen["keys"]:
+                problems.append(f"{where}: key also in {seen['keys'][key]}")
+            seen["keys"][key] = name
+            sample_problems, meta = check(key, members, manifest, split, where)
+            problems.extend(sample_problems)
+            stats.frames += int(meta.get("n_frames", 0) or 0)
+            actor = meta.get("actor")
+            if actor is not None:
+                other = seen["actors"].setdefault(str(actor), split)
+                if other != split:
+                    problems.append(f"{where}: actor {actor} appears in both {other} and {split}")
+    except ShardError as e:
+        problems.append(str(e))
+    stats.clips += samples
+    if samples != shard["samples"]:
+        problems.append(f"{shown}: {samples} samples, manifest says {shard['samples']}")
+
+
+def inspect_shards(folder: Path | str, manifest_name: str = MANIFEST, check_hash: bool = True) -> InspectReport:
+    """Validate every shard listed by the manifest; collect problems instead of stopping at the first.
+
+    ``folder`` may be the URL of a shard folder (http/https, s3, gs): each shard is then fetched once."""
+    remote = is_url(str(folder))
+    root = str(folder).rstrip("/") if remote else str(folder)
+    folder = folder if remote else Path(folder)
     report = InspectReport(folder, None)
-    if not folder.is_dir():
+    if not remote and not folder.is_dir():
         report.problems.append(f"{folder}: no such folder")
         return report
     try:
-        manifest = read_manifest(folder, manifest_name)
-    except ManifestError as e:
+        if remote:
+            where = join_location(root, manifest_name)
+            manifest = read_json_location(where)
+            invalid = validate_manifest(manifest) if isinstance(manifest, dict) else ["not a JSON object"]
+            if invalid:
+                raise ManifestError(f"{where}: invalid manifest: " + "; ".join(invalid))
+        else:
+            manifest = read_manifest(folder, manifest_name)
+    except (ManifestError, OSError, ValueError) as e:
         report.problems.append(str(e))
         return report
     report.manifest = manifest
     problems = report.problems
-    check = check_crop_sample if manifest_kind(manifest) == CROPS_KIND else check_sample
-    actor_split: dict[str, str] = {}
-    keys_seen: dict[str, str] = {}
+    seen = {"keys": {}, "actors": {}}  # key -> shard, actor -> split, across all shards
     listed = set()
     for split in SPLITS:
         entry = manifest["splits"].get(split)
@@ -117,52 +182,23 @@ def inspect_shards(folder: Path, manifest_name: str = MANIFEST, check_hash: bool
         if entry is None:
             continue
         for shard in entry["shards"]:
-            name = shard["name"]
-            listed.add(name)
-            path = folder / name
+            listed.add(shard["name"])
             stats.shards += 1
-            if not path.is_file():
-                problems.append(f"{path}: listed in the manifest but missing")
-                continue
-            size = path.stat().st_size
-            stats.bytes += size
-            if size != shard["bytes"]:
-                problems.append(f"{path}: {size} bytes, manifest says {shard['bytes']}")
-            elif check_hash and file_sha256(path) != shard["sha256"]:
-                problems.append(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
-            samples = 0
-            try:
-                for key, members in iter_samples(path):
-                    samples += 1
-                    where = f"{name}:{key}"
-                    if key in keys_seen:
-                        problems.append(f"{where}: key also in {keys_seen[key]}")
-                    keys_seen[key] = name
-                    sample_problems, meta = check(key, members, manifest, split, where)
-                    problems.extend(sample_problems)
-                    stats.frames += int(meta.get("n_frames", 0) or 0)
-                    actor = meta.get("actor")
-                    if actor is not None:
-                        other = actor_split.setdefault(str(actor), split)
-                        if other != split:
-                            problems.append(f"{where}: actor {actor} appears in both {other} and {split}")
-            except ShardError as e:
-                problems.append(str(e))
-            stats.clips += samples
-            if samples != shard["samples"]:
-                problems.append(f"{path}: {samples} samples, manifest says {shard['samples']}")
+            with _readable(root, shard["name"]) as path:
+                shown = join_location(root, shard["name"]) if remote else path
+                _check_shard(path, shown, shard, split, manifest, check_hash, stats, problems, seen)
         if stats.clips != entry["clips"]:
             problems.append(f"split {split}: {stats.clips} clips in its shards, manifest says {entry['clips']}")
         if stats.frames != entry["frames"]:
             problems.append(f"split {split}: {stats.frames} frames in its shards, manifest says {entry['frames']}")
     if not any(stats.clips for stats in report.splits.values()):
         problems.append(f"{folder / manifest_name}: lists no samples at all")
-    if manifest_name == MANIFEST:
+    if manifest_name == MANIFEST and not remote:
         for path in list_shards(folder):
             if path.name not in listed:
                 problems.append(f"{path}: shard in the folder but not in {manifest_name} "
                                 "(an interrupted run? rerun `floatctl shards` to rebuild the manifest)")
-    for tmp in list_tmp_shards(folder):
+    for tmp in ([] if remote else list_tmp_shards(folder)):
         report.notes.append(f"{tmp.name}: unfinished shard from an interrupted run (ignored; the next run discards it)")
     return report
 

@@ -194,3 +194,31 @@ def test_cli_exit_codes(tmp_path):
     assert "INVALID" in bad.output and "val-000000.tar: listed in the manifest but missing" in bad.output
     missing = CliRunner().invoke(app, [str(tmp_path / "none")])
     assert missing.exit_code == 1 and "no such folder" in missing.output
+
+
+def test_a_shard_folder_on_a_web_server_is_inspected_like_a_local_one(tmp_path):
+    from shards.http_serve import serve_folder
+
+    folder = tmp_path / "served shards"
+    folder.mkdir()
+    write_folder(folder, good_samples(probs=True), probs=True)
+    local = inspect_shards(folder)
+    with serve_folder(tmp_path) as server:
+        url = f"{server.url}/served shards"
+        remote = inspect_shards(url)
+        assert remote.problems == [] and remote.splits["train"].clips == local.splits["train"].clips == 3
+        assert remote.splits["train"].bytes == local.splits["train"].bytes
+        (folder / "train-000001.tar").unlink()  # a listed shard the server no longer has
+        broken = inspect_shards(url)
+        assert any("train-000001.tar: listed in the manifest but missing" in p and p.startswith("http://127.0.0.1")
+                   for p in broken.problems)
+        result = CliRunner().invoke(_app(), [url])
+        assert result.exit_code == 1 and "missing" in result.output
+    gone = inspect_shards("http://127.0.0.1:9/nothing")  # nothing listens on the discard port
+    assert gone.problems and "manifest.json" in gone.problems[0]
+
+
+def _app():
+    app = typer.Typer()
+    app.command()(inspect_command)
+    return app
