@@ -32,24 +32,46 @@ log = logging.getLogger(__name__)
 _PAIR_MEMBERS = frozenset((JPEGS, OFFSETS))
 
 
+HARD_CANDIDATES = 8  # driving frames a "hard" pair chooses among
+_THUMB = 16  # side of the thumbnails that measure how far a frame is from the source
+
+
 @dataclass(frozen=True)
 class PairSpec:
     pairs_per_clip: int = 4  # (source, driving) pairs drawn from each decoded clip
+    hard_fraction: float = 0.0  # share of pairs whose driving frame is the farthest of HARD_CANDIDATES
 
     def __post_init__(self) -> None:
         if self.pairs_per_clip < 1:
             raise ValueError(f"pairs_per_clip must be at least 1, got {self.pairs_per_clip}")
+        if not 0.0 <= self.hard_fraction <= 1.0:
+            raise ValueError(f"hard_fraction must be in [0, 1], got {self.hard_fraction}")
 
 
-def draw_pairs(clip: CropClip, count: int, rng: np.random.Generator, size: int | None = None) -> list[dict]:
-    """``count`` pairs of two different frames, uniform over the clip; frames decoded once each.
+def _thumbnail(frame: np.ndarray) -> np.ndarray:
+    s = frame.shape[0] // _THUMB
+    return frame[:s * _THUMB, :s * _THUMB].reshape(_THUMB, s, _THUMB, s, 3).mean(axis=(1, 3))
+
+
+def draw_pairs(clip: CropClip, count: int, rng: np.random.Generator, size: int | None = None,
+               hard_fraction: float = 0.0) -> list[dict]:
+    """``count`` pairs of two different frames; frames decoded once each.
+
+    The driving frame is uniform over the clip's other frames, except for a ``hard_fraction`` of the
+    pairs, whose driving frame is, of HARD_CANDIDATES uniform ones, the one that differs most from the
+    source (mean absolute difference of 16x16 thumbnails). Most frame pairs of a talking head barely
+    differ; the hard ones (an open mouth against a closed one, the far end of a nod) are what teaches
+    the motion code, and the auto-encoder learns to open a mouth several times sooner with them.
 
     Items: ``key``, ``source`` / ``driving`` (S,S,3) RGB uint8, ``source_frame`` / ``driving_frame``.
     """
     n = clip.num_frames
     src = rng.integers(0, n, size=count)
     drv = (src + rng.integers(1, n, size=count)) % n  # uniform over the other n - 1 frames
+    hard = rng.random(count) < hard_fraction
+    candidates = (src[:, None] + rng.integers(1, n, size=(count, HARD_CANDIDATES))) % n
     decoded: dict[int, np.ndarray] = {}
+    thumbs: dict[int, np.ndarray] = {}
 
     def frame(i: int) -> np.ndarray:
         if i not in decoded:
@@ -59,6 +81,15 @@ def draw_pairs(clip: CropClip, count: int, rng: np.random.Generator, size: int |
             decoded[i] = img
         return decoded[i]
 
+    def thumb(i: int) -> np.ndarray:
+        if i not in thumbs:
+            thumbs[i] = _thumbnail(frame(i).astype(np.float32))
+        return thumbs[i]
+
+    for k in np.flatnonzero(hard):
+        s = int(src[k])
+        distances = [float(np.abs(thumb(int(c)) - thumb(s)).mean()) for c in candidates[k]]
+        drv[k] = candidates[k][int(np.argmax(distances))]
     return [{"key": clip.key, "source": frame(s), "driving": frame(d), "source_frame": s, "driving_frame": d}
             for s, d in zip(src.tolist(), drv.tolist())]
 
@@ -106,25 +137,27 @@ class CropPairs(TrainWindows):
         return 2  # a pair needs two different frames
 
     def spec_state(self) -> list:
-        return ["pairs", self.spec.pairs_per_clip, self.size]
+        # hard_fraction only when used, so streams saved before it existed still resume exactly
+        hard = [self.spec.hard_fraction] if self.spec.hard_fraction else []
+        return ["pairs", self.spec.pairs_per_clip, self.size, *hard]
 
     def decode(self, key: str, members: dict[str, bytes]) -> CropClip:
         return CropClip(key, members)  # CropSampleError is a CorruptSample: the stream skips the clip
 
     def draw(self, clip: CropClip, rng: np.random.Generator) -> list[dict]:
-        return draw_pairs(clip, self.spec.pairs_per_clip, rng, self.size)
+        return draw_pairs(clip, self.spec.pairs_per_clip, rng, self.size, self.spec.hard_fraction)
 
 
 def make_pair_loader(urls: list[str], batch_size: int, num_workers: int = 0, seed: int = 0, rank: int = 0,
                      world_size: int = 1, pairs_per_clip: int = 4, pin_memory: bool | None = None, *,
                      size: int | None = None, state: dict | None = None, prefetch_factor: int = 2,
-                     **dataset_kwargs) -> WindowLoader:
+                     hard_fraction: float = 0.0, **dataset_kwargs) -> WindowLoader:
     """A WindowLoader of collated pair batches over CropPairs(urls, ...).
 
     ``state``: a saved ``state_dict()`` to continue from (strict). ``dataset_kwargs``:
     shuffle_buffer, shards_per_block, resampled.
     """
-    dataset = CropPairs(urls, PairSpec(pairs_per_clip), seed=seed, rank=rank, world_size=world_size,
+    dataset = CropPairs(urls, PairSpec(pairs_per_clip, hard_fraction), seed=seed, rank=rank, world_size=world_size,
                         size=size, **dataset_kwargs)
     return loader_over(dataset, batch_size, num_workers, pin_memory, prefetch_factor, state)
 

@@ -176,3 +176,27 @@ def test_check_crop_sample_reports_problems(crop_dir):
     problems, _ = check_crop_sample(key, broken, manifest, "train", "w")
     assert any("missing members ['emotion.npy', 'wave.npy']" in p for p in problems)
     assert META in members
+
+
+def test_hard_pairs_take_the_farthest_candidate_and_stay_deterministic():
+    from shards.pairs import HARD_CANDIDATES, draw_pairs
+
+    rng = np.random.default_rng(3)
+    frames = crop_frames(rng, 40, 32)
+    clip = CropClip("c", clip_sample("c", "train", frames, np.zeros(40 * SAMPLES_PER_FRAME, np.float32), "fp"))
+
+    def distance(pair):
+        return float(np.abs(pair["source"].astype(float) - pair["driving"].astype(float)).mean())
+
+    uniform = draw_pairs(clip, 200, np.random.default_rng(0))
+    hard = draw_pairs(clip, 200, np.random.default_rng(0), hard_fraction=1.0)
+    assert np.mean([distance(p) for p in hard]) > 1.3 * np.mean([distance(p) for p in uniform])
+    assert all(p["source_frame"] != p["driving_frame"] for p in hard)
+    again = draw_pairs(clip, 200, np.random.default_rng(0), hard_fraction=1.0)
+    assert [p["driving_frame"] for p in again] == [p["driving_frame"] for p in hard]
+    half = draw_pairs(clip, 400, np.random.default_rng(1), hard_fraction=0.5)
+    assert np.mean([distance(p) for p in uniform]) < np.mean([distance(p) for p in half]) < \
+        np.mean([distance(p) for p in hard])
+    assert HARD_CANDIDATES >= 2
+    with pytest.raises(ValueError, match="hard_fraction"):
+        PairSpec(4, hard_fraction=1.5)

@@ -249,7 +249,7 @@ def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
         num_workers = setup.worker_count(s, device)
         loader = make_pair_loader(train_urls, s.batch_size, num_workers, s.seed, info.rank, info.world_size,
                                   s.pairs_per_clip, pin_memory=device.type == "cuda", size=cfg.input_size,
-                                  shuffle_buffer=s.shuffle_buffer)
+                                  shuffle_buffer=s.shuffle_buffer, hard_fraction=s.hard_pairs)
         if stream_state is not None:
             loader.load_state_dict(stream_state, strict=False)
         val_batches = _val_batches(s, manifest, info, log)
