@@ -227,7 +227,10 @@ def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
     start_step = int(resumed[1]["step"]) if resumed else 0
     log = setup.open_logger(s, run_dir, info, start_step)
     try:
-        init_note = load_init_weights(s.init, model) if s.init and resumed is None else "from scratch"
+        if resumed is not None:
+            init_note = f"resumed at step {start_step}"
+        else:
+            init_note = load_init_weights(s.init, model) if s.init else "from scratch (copy-the-source start)"
         schedule = resolve_schedule(s.lr, s.warmup, resumed[1].get("schedule", {}) if resumed else {}, cfg.name,
                                     s.steps, table=MOTION_LR)
         ema = EMA(model, s.ema_decay)
