@@ -52,7 +52,7 @@ STAGE1_TRAIN := --data-root $(CROPS) --preset $(PRESET) --resume auto --warmup 1
 	--log-step 50 --val-step 250 --save-step 250 --sample-step 250
 stage1: shards
 ifeq ($(STAGE1),train)
-	$(FLOATCTL) train-motion $(STAGE1_TRAIN) --out $(MOTION_RUN) --steps $(MOTION_STEPS) --hard-pairs 0.5
+	$(FLOATCTL) train-motion $(STAGE1_TRAIN) --out $(MOTION_RUN) --steps $(MOTION_STEPS)
 	$(FLOATCTL) export $(MOTION_RUN) $(STAGE1_CKPT)
 else
 	@test -f $(STAGE1_CKPT) || (echo "no stage-1 checkpoint $(STAGE1_CKPT): make demo STAGE1=train trains one" && false)
@@ -61,7 +61,7 @@ endif
 # How the shipped stage-1 checkpoint was made (seed 0; README: time and numbers): 1,500 steps with uniform
 # (source, driving) pairs, then to 3,000 with half the pairs hard; the EMA weights stored in float16.
 stage1-asset: shards
-	$(FLOATCTL) train-motion $(STAGE1_TRAIN) --out runs/motion-asset --seed 0 --steps 1500
+	$(FLOATCTL) train-motion $(STAGE1_TRAIN) --out runs/motion-asset --seed 0 --steps 1500 --hard-pairs 0
 	$(FLOATCTL) train-motion $(STAGE1_TRAIN) --out runs/motion-asset --seed 0 --steps 3000 --hard-pairs 0.5
 	$(FLOATCTL) export runs/motion-asset assets/stage1-tiny.pt --half
 

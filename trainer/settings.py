@@ -248,8 +248,8 @@ class MotionSettings(CommonSettings):
     r1_every: int = opt(16, "Apply R1 every N discriminator steps (StyleGAN2's lazy regularisation).")
     adversarial_start: int = opt(0, "Steps before the adversarial term and the discriminator start.")
     pairs_per_clip: int = opt(8, "(source, driving) pairs drawn from each decoded clip.")
-    hard_pairs: float = opt(0.0, "Share of pairs whose driving frame is the one of 8 candidates farthest from the "
-                                 "source (teaches mouth opening sooner; 0: all uniform).")
+    hard_pairs: float = opt(0.5, "Share of pairs whose driving frame is the one of 8 candidates farthest from the "
+                                 "source (measured: a closed mouth learns to open only with them; 0: all uniform).")
     init: Optional[str] = opt(None, "Start from an official float.pth's motion_autoencoder.* (full width) or a "
                                     "stage-1 checkpoint's EMA weights.")
     shuffle_buffer: int = opt(256, "Pairs in the shuffle buffer.", cli=False)
