@@ -308,6 +308,11 @@ def test_sample_a_checkpoint_written_by_the_training_loop(run, tmp_path):
     out = cli(["sample", result.final_checkpoint, "--clips", 1, "--nfe", 2, "--no-render"])
     assert out.exit_code == 0, out.output
     assert (tmp_path / "run" / "samples" / result.final_checkpoint.stem / "metrics.json").is_file()
+    # The run folder itself stands for its latest checkpoint, and its samples land in that run.
+    (tmp_path / "run" / "samples" / result.final_checkpoint.stem / "metrics.json").unlink()
+    out = cli(["sample", tmp_path / "run", "--clips", 1, "--nfe", 2, "--no-render"])
+    assert out.exit_code == 0 and result.final_checkpoint.name in out.output, out.output
+    assert (tmp_path / "run" / "samples" / result.final_checkpoint.stem / "metrics.json").is_file()
 
 
 def test_emotion_auto_uses_the_speech_emotion_model(run, face_png, tmp_path, ref_dir):

@@ -323,7 +323,7 @@ def _run_sample(o: SampleOptions, log: Callable[[str], None]) -> SampleResult:
     except ValueError as e:
         raise SampleError(str(e)) from None
     sm = load_sampling_model(o.checkpoint, o.use_ema, device, log)
-    log(f"checkpoint {o.checkpoint}: step {sm.step}, {sm.weights.upper()} weights, model {sm.cfg.name} "
+    log(f"checkpoint {sm.checkpoint}: step {sm.step}, {sm.weights.upper()} weights, model {sm.cfg.name} "
         f"(dim_w {sm.cfg.dim_w}, audio {sm.cfg.audio_input_dim}), device {device}")
     manifest, folder = load_manifest(sm, o.data_root, log)
     decoder = build_motion_autoencoder(manifest, o.float_ckpt, sm.cfg.dim_w, device)
@@ -338,10 +338,10 @@ def _run_sample(o: SampleOptions, log: Callable[[str], None]) -> SampleResult:
             if emotion == "auto" else None
         items = _heldout_items(o, manifest, folder, emotion, encoder, log)
 
-    out = Path(o.out) if o.out else default_output_dir(o.checkpoint)
+    out = Path(o.out) if o.out else default_output_dir(sm.checkpoint)  # a run folder: its latest checkpoint
     out.mkdir(parents=True, exist_ok=True)
     settings = {"nfe": o.nfe, "solver": o.solver, "a_cfg": o.a_cfg, "e_cfg": o.e_cfg, "seed": o.seed,
-                "weights": sm.weights, "step": sm.step, "checkpoint": str(o.checkpoint)}
+                "weights": sm.weights, "step": sm.step, "checkpoint": str(sm.checkpoint)}
     s = Session(o, sm, manifest, decoder, out, SampleResult(out, decoder_random=decoder.autoencoder is not None
                                                             and decoder.random), settings)
     entries = [_sample_item(s, item, log) for item in items]
