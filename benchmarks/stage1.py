@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 # preprocess package: drop it and put the repository root first.
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "benchmarks")]
 
-from preprocess.pipeline import ShardSettings, default_workers, run_shards  # noqa: E402
+from preprocess.pipeline import run_shards  # noqa: E402
+from preprocess.settings import ShardSettings, default_workers  # noqa: E402
 from preprocess.synthetic import make_synthetic_ravdess  # noqa: E402
 from shards.crops import crop_shard_urls, read_crop_manifest  # noqa: E402
 from shards.pairs import make_pair_loader  # noqa: E402
