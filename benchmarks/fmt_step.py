@@ -72,6 +72,10 @@ def main() -> None:
         batch = make_batch(cfg, args.batch, device)
         base = None
         for precision in ("fp32", "bf16"):
+            if precision == "bf16" and device.type != "cuda":
+                # CPU autocast to bf16 says nothing about the GPU runs the precision is for
+                print(f"{name:8} {precision:9} {'':>12} {'skipped: CPU':>10}")
+                continue
             sps = samples_per_second(model, batch, precision, args.iters, device)
             base = base or sps
             print(f"{name:8} {precision:9} {count_parameters(model):>12,} {sps:>10.2f} {sps / base:>7.2f}x")
