@@ -19,7 +19,8 @@ def _register() -> None:
     from preprocess.command import inspect, shards
     from trainer.command import train, train_motion
     from trainer.eval_command import eval_run
-    from trainer.sample_command import export, sample
+    from trainer.export import export
+    from trainer.sample_command import sample
 
     app.command(help="Turn RAVDESS or a folder of talking-head clips into WebDataset shards.")(shards)
     app.command(help="Validate a shard folder against its manifest and print a summary.")(inspect)

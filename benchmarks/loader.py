@@ -40,6 +40,27 @@ def loader_throughput(loader: WindowLoader, batches: int = 20, warmup: int = 2) 
             "batch_size": loader.batch_size, "num_workers": loader.num_workers}
 
 
+def add_shard_options(parser: argparse.ArgumentParser, batches: int) -> None:
+    """The size of the synthetic shard set and of the batches, shared by the loader benchmarks."""
+    parser.add_argument("--clips", type=int, default=48)
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--dim-w", type=int, default=512)
+    parser.add_argument("--audio-dim", type=int, default=9216)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=batches)
+
+
+def write_shards(folder: str, args: argparse.Namespace) -> float:
+    """Synthetic latent shards of ``args``'s size in ``folder`` (tests/shard_factory.py); returns the seconds."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from shard_factory import make_shards
+
+    t0 = time.perf_counter()
+    make_shards(folder, {"train": args.clips}, frames=args.frames, dim_w=args.dim_w, audio_dim=args.audio_dim,
+                clips_per_shard=8)
+    return time.perf_counter() - t0
+
+
 def profile_stream(urls: list[str], spec: WindowSpec, windows: int = 512, batch_size: int = 8,
                    top: int = 15, **dataset_kwargs) -> str:
     """cProfile of the in-process stream + collate (what each worker does), top entries by own time."""
@@ -57,24 +78,15 @@ def profile_stream(urls: list[str], spec: WindowSpec, windows: int = 512, batch_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=48)
-    parser.add_argument("--frames", type=int, default=100)
-    parser.add_argument("--dim-w", type=int, default=512)
-    parser.add_argument("--audio-dim", type=int, default=9216)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--batches", type=int, default=40)
+    add_shard_options(parser, batches=40)
     parser.add_argument("--max-workers", type=int, default=2)
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO / "tests"))
-    from shard_factory import make_shards
 
     spec = WindowSpec()
     with tempfile.TemporaryDirectory() as folder:
-        t0 = time.perf_counter()
-        make_shards(folder, {"train": args.clips}, frames=args.frames, dim_w=args.dim_w,
-                    audio_dim=args.audio_dim, clips_per_shard=8)
+        seconds = write_shards(folder, args)
         print(f"wrote {args.clips} clips x {args.frames} frames (D={args.dim_w}, A={args.audio_dim}) "
-              f"in {time.perf_counter() - t0:.1f}s")
+              f"in {seconds:.1f}s")
         urls = shard_urls(folder, "train")
         for workers in range(args.max_workers + 1):
             loader = make_loader(urls, spec, args.batch_size, num_workers=workers, seed=0)

@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.loader import loader_throughput  # noqa: E402
+from benchmarks.loader import add_shard_options, loader_throughput, write_shards  # noqa: E402
 from shards.http_serve import serve_folder  # noqa: E402
 from shards.loader import make_loader  # noqa: E402
 from shards.sources import shard_urls  # noqa: E402
@@ -28,26 +27,17 @@ from shards.windows import WindowSpec  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=48)
-    parser.add_argument("--frames", type=int, default=100)
-    parser.add_argument("--dim-w", type=int, default=512)
-    parser.add_argument("--audio-dim", type=int, default=9216)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--batches", type=int, default=30)
+    add_shard_options(parser, batches=30)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2, help="best of N per source (a busy machine is noisy)")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO / "tests"))
-    from shard_factory import make_shards
 
     spec = WindowSpec()
     with tempfile.TemporaryDirectory() as folder:
-        t0 = time.perf_counter()
-        make_shards(folder, {"train": args.clips}, frames=args.frames, dim_w=args.dim_w,
-                    audio_dim=args.audio_dim, clips_per_shard=8)
+        seconds = write_shards(folder, args)
         size = sum(p.stat().st_size for p in Path(folder).glob("*.tar")) / 2**20
         print(f"remote_loader: {args.clips} clips x {args.frames} frames (D={args.dim_w}, A={args.audio_dim}), "
-              f"{size:.0f} MiB of shards written in {time.perf_counter() - t0:.1f} s; batch {args.batch_size}, "
+              f"{size:.0f} MiB of shards written in {seconds:.1f} s; batch {args.batch_size}, "
               f"{args.workers} worker(s), best of {args.repeats}")
         with serve_folder(folder, lifetime=900) as server:
             rates = {}

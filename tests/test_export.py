@@ -14,7 +14,7 @@ from float.model import FloatMotionModel
 from float.motion_autoencoder import MotionAutoEncoder
 from trainer.checkpoints import CHECKPOINT_VERSION, save_final
 from float.checkpoint import official_state_dict
-from trainer.sample_command import export
+from trainer.export import export
 
 TINY = dict(dim_w=32, dim_a=16, dim_h=32, depth=1, num_heads=2, audio_input_dim=12)
 

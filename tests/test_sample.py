@@ -32,7 +32,8 @@ from trainer.errors import SampleError
 from trainer.generate import generate
 from trainer.media_input import InputError, load_audio, load_reference_image, parse_emotion
 from trainer.render import write_mp4
-from trainer.sample_command import export, sample
+from trainer.export import export
+from trainer.sample_command import sample
 
 SIZE = 16  # motion auto-encoder input size: fast to decode on a CPU
 MEL = 80

@@ -65,8 +65,11 @@ def test_rendered_samples_get_the_lip_sync_proxy_against_the_source_audio(tmp_pa
 
     monkeypatch.setattr(sample_render, "source_waveform", fake_source)
     logs = []
-    SampleRenderer(manifest, tmp_path / "shards", 512, logs.append)(path)
+    renderer = SampleRenderer(manifest, tmp_path / "shards", 512, logs.append)
+    renderer(path)
     assert asked == [(key, 55)]  # the rendered clip's own source, whole; the window is cut from frame 5
+    renderer(path)  # the next sample step
+    assert asked == [(key, 55)], "the source audio is decoded once per run, not at every sample step"
     scores = json.loads((path.with_suffix("") / "lipsync.json").read_text())
     assert [c["key"] for c in scores["clips"]] == [key]
     assert set(scores["clips"][0]["lipsync"]) == {"generated", "truth"}

@@ -173,3 +173,23 @@ def test_two_gloo_ranks_stay_in_step(crops, tmp_path):
     b = torch.load(tmp_path / "run" / "weights-rank1.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]["world_size"] == 2
+
+
+def test_init_starts_from_a_stage1_checkpoint_or_an_official_file_and_refuses_others(crops, tmp_path):
+    from crop_factory import write_stage1_checkpoint
+    from float.motion_checkpoint import load_motion_checkpoint
+
+    stage1 = write_stage1_checkpoint(tmp_path / "s1.pt", size=SIZE, width=0.125)
+    result = train(settings(crops, tmp_path / "run", steps=1, lr=0.0, val_step=0, sample_step=0,
+                            init=str(stage1)))
+    expected, _, _ = load_motion_checkpoint(stage1)  # its EMA weights
+    for name, value in expected.state_dict().items():
+        assert torch.equal(result.model.state_dict()[name], value), name
+    official = tmp_path / "float.pth"
+    torch.save({f"motion_autoencoder.{k}": v for k, v in expected.state_dict().items()}, official)
+    with pytest.raises(TrainingError, match="do not fit|motion auto-encoder"):  # full-width names, thin model
+        train(settings(crops, tmp_path / "run2", steps=1, init=str(official)))
+    stranger = tmp_path / "other.pt"
+    torch.save({"fmt.x": torch.zeros(1)}, stranger)
+    with pytest.raises(TrainingError, match="other.pt"):
+        train(settings(crops, tmp_path / "run3", steps=1, init=str(stranger)))

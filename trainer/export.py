@@ -154,7 +154,7 @@ def export(
 
 def _is_stage1(path: Path) -> bool:
     try:
-        state = safe_torch_load(path)
+        state = safe_torch_load(path, mmap=True)  # a look at one key: map the tensors, do not read them
     except (CheckpointError, FileNotFoundError):
         return False  # export_official reports the problem
     return isinstance(state, dict) and state.get("kind") == MOTION_CKPT_KIND

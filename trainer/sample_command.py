@@ -36,7 +36,6 @@ from shards.heldout import pick_split, read_heldout_clips
 from shards.tar import ShardError
 from trainer.checkpoints import default_output_dir, load_manifest, load_sampling_model
 from trainer.errors import SampleError, exit_with_error
-from trainer.export import export  # noqa: F401  (floatctl export, registered next to sample)
 from trainer.generate import generate, motion_errors, save_latents
 from trainer.lipsync import clip_lipsync, face_rate, mean_lipsync
 from trainer.media_input import (EMOTION_CHOICES, InputError, emotion_name, emotion_vector, load_audio,

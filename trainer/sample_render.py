@@ -37,6 +37,7 @@ class SampleRenderer:
         self._decoder = None
         self._references: dict[str, object] = {}
         self._metas: dict[str, dict] = {}
+        self._waves: dict[str, object] = {}  # source audio per key: decoded once, not at every sample step
 
     def _autoencoder(self):
         if self._decoder is None:
@@ -100,7 +101,9 @@ class SampleRenderer:
         meta = self._metas.get(key) or {}
         if start is None or not meta.get("n_frames"):
             return None
-        waveform = source_waveform(meta, int(meta["n_frames"]))
+        if key not in self._waves:
+            self._waves[key] = source_waveform(meta, int(meta["n_frames"]))
+        waveform = self._waves[key]
         if waveform is None:
             return None
         piece = waveform[start * SAMPLES_PER_FRAME:(start + frames) * SAMPLES_PER_FRAME]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -53,7 +52,7 @@ def load_init_weights(path: str, model: MotionAutoEncoder) -> str:
     from float.motion_checkpoint import load_motion_checkpoint
 
     try:
-        found = safe_torch_load(path)
+        found = safe_torch_load(path, mmap=True)  # mapped: the stage-1 branch loads the file itself
         if isinstance(found, dict) and found.get("kind") == MOTION_KIND:
             source, _, _ = load_motion_checkpoint(path)
             what = "stage-1 checkpoint (EMA weights)"

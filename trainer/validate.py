@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, ContextManager
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from float.fmt import keep_all_conditions
 from float.loss import LossWeights, rectified_flow_loss
