@@ -86,7 +86,7 @@ demo: latents train sample
 
 bench: install
 	$(PY) benchmarks/fmt_step.py
-	$(PY) benchmarks/preprocess.py
+	$(PY) benchmarks/shard_stage.py
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/remote_loader.py
 	$(PY) benchmarks/stage1.py

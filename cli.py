@@ -20,7 +20,7 @@ def _register() -> None:
     from trainer.command import train, train_motion
     from trainer.eval_command import eval_run
     from trainer.export import export
-    from trainer.sample_command import sample
+    from trainer.sample.command import sample
 
     app.command(help="Turn RAVDESS or a folder of talking-head clips into WebDataset shards.")(shards)
     app.command(help="Validate a shard folder against its manifest and print a summary.")(inspect)

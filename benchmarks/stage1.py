@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-# Python puts this script's folder first on the path, where benchmarks/preprocess.py would hide the
+# Python puts this script's folder first on the path, where benchmarks/shard_stage.py would hide the
 # preprocess package: drop it and put the repository root first.
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "benchmarks")]
 

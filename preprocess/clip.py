@@ -8,7 +8,6 @@ the face, crop), one frame in memory at a time.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,7 +51,7 @@ def sha256_of(src: str, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _load_audio(src: ClipSource) -> np.ndarray:
+def load_clip_audio(src: ClipSource) -> np.ndarray:
     try:
         return decode_audio(src.audio or src.video)
     except ClipError as exc:
@@ -143,7 +142,7 @@ def prepare_clip(src: ClipSource, input_size: int, crop: str = "auto", min_secon
     if input_size < 8:
         raise ValueError(f"input_size {input_size} is too small")
     sha256 = sha256_of(src.video)  # also fails fast on unreadable / zero-byte files
-    audio = _load_audio(src)
+    audio = load_clip_audio(src)
     if crop == "none":
         frames, audio, box, source_fps = _resize_only(src, audio, input_size, min_seconds)
     elif _estimated_frame_bytes(src.video) <= memory_budget_bytes:
@@ -152,20 +151,3 @@ def prepare_clip(src: ClipSource, input_size: int, crop: str = "auto", min_secon
         frames, audio, box, source_fps = _crop_two_pass(src, audio, input_size, min_seconds)
     return PreparedClip(source=src, frames=frames, audio=np.ascontiguousarray(audio, dtype=np.float32),
                         box=box, source_fps=source_fps, sha256=sha256)
-
-
-def prepare_source(src: ClipSource, input_size: int, crop: str = "auto", min_seconds: float = 2.0,
-                   segment_seconds: float = 0.0, memory_budget_bytes: int = MEMORY_BUDGET_BYTES):
-    """A PreparedClip, or for a video longer than ``segment_seconds`` (crop "auto", > 0) the
-    SegmentPlan of its segments (preprocess/segments.py), cropped later one segment at a time."""
-    from preprocess.segments import plan_segments
-
-    segment_frames = int(round(segment_seconds * FPS))
-    if crop == "auto" and segment_frames > 0:
-        declared = probe_video(src.video).seconds
-        # Unknown length: plan it (the plan pass counts the frames and makes one segment of a short clip).
-        if declared is None or declared * FPS > segment_frames:
-            sha256 = sha256_of(src.video)
-            return plan_segments(src, _load_audio(src), sha256, segment_frames,
-                                 max(1, int(math.ceil(min_seconds * FPS))))
-    return prepare_clip(src, input_size, crop, min_seconds, memory_budget_bytes)

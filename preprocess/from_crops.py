@@ -21,7 +21,7 @@ from typing import Callable
 
 from preprocess.errors import EncoderSetupError, PipelineError
 from preprocess.output import open_writers, output_names, prepare_out_folder, write_errors
-from preprocess.pipeline import sample_members
+from preprocess.output import sample_members
 from preprocess.report import RunSummary, format_summary, progress_bar
 from preprocess.settings import check_options, describe_run
 from preprocess.splits import part_of

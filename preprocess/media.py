@@ -295,3 +295,11 @@ def source_waveform(meta: dict, n_frames: int, samples_per_frame: int = SAMPLES_
             continue  # not this clip's audio (or a different cut)
         return audio[: n_frames * samples_per_frame]
     return None
+
+
+def frame_energy(waveform: np.ndarray, frames: int, samples_per_frame: int = SAMPLES_PER_FRAME) -> np.ndarray:
+    """RMS of the waveform over each video frame's samples, (frames,); zero past its end."""
+    wave = np.zeros(frames * samples_per_frame, np.float64)
+    src = np.asarray(waveform, np.float64).reshape(-1)[: len(wave)]
+    wave[: len(src)] = src
+    return np.sqrt((wave.reshape(frames, samples_per_frame) ** 2).mean(axis=1))

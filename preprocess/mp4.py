@@ -2,7 +2,7 @@
 
 Two callers, each with its own encoder settings: the synthetic RAVDESS-format set
 (preprocess/synthetic.py: 29.97 fps, stereo 48 kHz, x264 on one thread so the
-bytes are the same on every machine) and rendered samples (trainer/render.py:
+bytes are the same on every machine) and rendered samples (trainer/sample/render.py:
 25 fps, mono 16 kHz, audio fitted to the video). Frames are streamed, one in
 memory at a time; the file appears under its name only once complete.
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from float.config import FPS
 from preprocess.errors import PipelineError
 from preprocess.splits import index_range
 from shards.errors import ManifestError, ShardError
@@ -18,6 +19,7 @@ from shards.format import ERRORS, MANIFEST, SPLITS
 from shards.inspect import ShardScan, list_shards, list_tmp_shards, scan_shard
 from shards.manifest import (build_manifest, diff_settings, format_diff, list_part_manifests, merge_parts,
                              part_manifest_name, read_manifest, write_manifest)
+from shards.sample import encode_sample, sample_meta
 from shards.writer import TMP_SUFFIX, ShardInfo, ShardWriter, parse_shard_name
 
 
@@ -159,3 +161,17 @@ def merge_part_outputs(out: Path, allow_missing: bool = False) -> dict:
         lines.extend(line for line in p.read_text().splitlines() if line.strip())
     atomic_write_text(out / ERRORS, "".join(line + "\n" for line in lines))
     return manifest
+
+
+def sample_members(key: str, split: str, prepared, encoded, settings_fp: str, encoder_fps: dict) -> dict[str, bytes]:
+    """The shard members of one prepared and encoded clip (the codec is shards/sample.py)."""
+    src = prepared.source
+    extra = {"segment": prepared.segment} if getattr(prepared, "segment", None) else {}
+    meta = sample_meta(
+        key, split, FPS, len(prepared.frames), settings_fp,
+        actor=src.actor, source={"video": src.video, "audio": src.audio}, sha256=prepared.sha256,
+        source_fps=round(float(prepared.source_fps), 6),
+        crop=prepared.box.as_dict() if prepared.box is not None else None,
+        emotion=src.emotion, fields=src.fields, encoders=encoder_fps, **extra)
+    return encode_sample(meta, encoded.motion, encoded.lambdas, encoded.audio, src.emotion, prepared.frames[0],
+                         encoded.emotion_probs)

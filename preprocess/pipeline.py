@@ -39,28 +39,13 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-from float.config import FPS
 from preprocess.errors import ClipError, EncoderSetupError, PipelineError
-from preprocess.output import ManifestKeeper, open_writers, output_names, prepare_out_folder, write_errors
+from preprocess.output import (ManifestKeeper, open_writers, output_names, prepare_out_folder, sample_members,
+                               write_errors)
 from preprocess.report import RunSummary, format_summary, progress_bar
 from preprocess.settings import ShardSettings, check_options, describe_run
 from preprocess.splits import assign_splits, part_of
 from shards.format import SPLITS
-from shards.sample import encode_sample, sample_meta
-
-
-def sample_members(key: str, split: str, prepared, encoded, settings_fp: str, encoder_fps: dict) -> dict[str, bytes]:
-    """The shard members of one prepared and encoded clip (the codec is shards/sample.py)."""
-    src = prepared.source
-    extra = {"segment": prepared.segment} if getattr(prepared, "segment", None) else {}
-    meta = sample_meta(
-        key, split, FPS, len(prepared.frames), settings_fp,
-        actor=src.actor, source={"video": src.video, "audio": src.audio}, sha256=prepared.sha256,
-        source_fps=round(float(prepared.source_fps), 6),
-        crop=prepared.box.as_dict() if prepared.box is not None else None,
-        emotion=src.emotion, fields=src.fields, encoders=encoder_fps, **extra)
-    return encode_sample(meta, encoded.motion, encoded.lambdas, encoded.audio, src.emotion, prepared.frames[0],
-                         encoded.emotion_probs)
 
 
 # --------------------------------------------------------------------------- worker side
@@ -72,7 +57,7 @@ def _init_worker() -> None:
 
 def _prepare_one(src, input_size: int, crop: str, min_seconds: float, segment_seconds: float = 0.0):
     """Runs in a worker: (PreparedClip or SegmentPlan, None) or (None, {"file", "reason"}). Never raises."""
-    from preprocess.clip import prepare_source
+    from preprocess.segments import prepare_source
 
     try:
         return prepare_source(src, input_size, crop, min_seconds, segment_seconds), None

@@ -29,11 +29,12 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from preprocess.clip import MEMORY_BUDGET_BYTES, PreparedClip, load_clip_audio, prepare_clip, sha256_of
 from preprocess.discover import ClipSource
 from preprocess.errors import ClipError
 from preprocess.face import CropBox, crop_box_from_detections, crop_frame
 from preprocess.face_pick import Detections, crop_holds_face, detect_scored, face_tracks
-from preprocess.media import FPS, SAMPLES_PER_FRAME, align, describe, iter_video_frames
+from preprocess.media import FPS, SAMPLES_PER_FRAME, align, describe, iter_video_frames, probe_video
 
 SAMPLE_STRIDE = FPS  # one detection per second of video
 # Mean absolute difference (0-255) of consecutive 32x32 grey thumbnails above which a frame
@@ -156,7 +157,6 @@ def _piece_box(sampled: list[Detections]) -> CropBox:
 
 def iter_segments(src: ClipSource, plan: SegmentPlan, size: int) -> Iterator[tuple[object, dict | None]]:
     """The crop pass: (PreparedClip, None) per segment that passes its crop check, else (None, error)."""
-    from preprocess.clip import PreparedClip
 
     iterator, _ = iter_video_frames(src.video)
     todo = iter(plan.segments)
@@ -186,3 +186,18 @@ def iter_segments(src: ClipSource, plan: SegmentPlan, size: int) -> Iterator[tup
                                    audio=np.ascontiguousarray(audio), box=seg.box, source_fps=plan.source_fps,
                                    sha256=plan.sha256, segment=info), None
             frames, seg = None, next(todo, None)
+
+
+def prepare_source(src: ClipSource, input_size: int, crop: str = "auto", min_seconds: float = 2.0,
+                   segment_seconds: float = 0.0, memory_budget_bytes: int = MEMORY_BUDGET_BYTES):
+    """A PreparedClip, or for a video longer than ``segment_seconds`` (crop "auto", > 0) the
+    SegmentPlan of its segments (preprocess/segments.py), cropped later one segment at a time."""
+    segment_frames = int(round(segment_seconds * FPS))
+    if crop == "auto" and segment_frames > 0:
+        declared = probe_video(src.video).seconds
+        # Unknown length: plan it (the plan pass counts the frames and makes one segment of a short clip).
+        if declared is None or declared * FPS > segment_frames:
+            sha256 = sha256_of(src.video)
+            return plan_segments(src, load_clip_audio(src), sha256, segment_frames,
+                                 max(1, int(math.ceil(min_seconds * FPS))))
+    return prepare_clip(src, input_size, crop, min_seconds, memory_budget_bytes)

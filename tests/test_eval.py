@@ -78,7 +78,7 @@ def test_pick_rows_keeps_first_best_and_last():
 
 def test_eval_of_a_sampled_run_scores_lip_sync_of_generated_truth_and_audio_dropped(run, monkeypatch, one_thread):
     """A real (tiny) checkpoint sampled on held-out clips whose source audio is at hand, then evaluated."""
-    import trainer.sample_command as sample_command
+    import trainer.sample.command as sample_command
     from test_sample import cli as sample_cli
     from test_sample import speech_like
 

@@ -24,9 +24,9 @@ from float.hf_checkpoint import hf_name
 from float.model import FloatMotionModel
 from float.motion_autoencoder import MotionAutoEncoder
 from float.official_model import is_official_state, official_config
-from trainer.official_sample import official_reference
+from trainer.sample.official import official_reference
 from trainer.export import export
-from trainer.sample_command import sample
+from trainer.sample.command import sample
 from test_sample import face_png, speech_like, write_wav  # noqa: F401  (face_png is a fixture)
 
 # The fixtures' motion auto-encoder (64 px, style 512) forces dim_w 512; the FMT is small, with the 8 heads

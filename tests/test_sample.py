@@ -29,11 +29,11 @@ from shards.manifest import read_manifest, write_manifest
 from trainer.checkpoints import CHECKPOINT_VERSION, save_final
 from preprocess.media import source_waveform
 from trainer.errors import SampleError
-from trainer.generate import generate
-from trainer.media_input import InputError, load_audio, load_reference_image, parse_emotion
-from trainer.render import write_mp4
+from trainer.sample.generate import generate
+from trainer.sample.media_input import InputError, load_audio, load_reference_image, parse_emotion
+from trainer.sample.render import write_mp4
 from trainer.export import export
-from trainer.sample_command import sample
+from trainer.sample.command import sample
 
 SIZE = 16  # motion auto-encoder input size: fast to decode on a CPU
 MEL = 80

@@ -4,7 +4,7 @@ import torch
 
 from shard_factory import make_shards
 from shards.tar import iter_tar_samples
-from trainer.sample_render import SampleRenderer
+from trainer.sample.step_renderer import SampleRenderer
 
 
 def _setup(tmp_path):
@@ -48,7 +48,7 @@ def test_rendered_samples_get_the_lip_sync_proxy_against_the_source_audio(tmp_pa
 
     import numpy as np
 
-    import trainer.sample_render as sample_render
+    import trainer.sample.step_renderer as sample_render
 
     manifest, key, path = _setup(tmp_path)
     record = torch.load(path, weights_only=True)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from preprocess import segments
-from preprocess.clip import PreparedClip, prepare_source
+from preprocess.clip import PreparedClip
+from preprocess.segments import prepare_source
 from preprocess.discover import discover, flat_folder_warning
 from preprocess.errors import PipelineError
 from preprocess.pipeline import _samples_of, run_shards

@@ -35,7 +35,7 @@ import math
 import numpy as np
 
 from float.config import SAMPLES_PER_FRAME
-from trainer.plot import frame_energy
+from preprocess.media import frame_energy
 
 # (top, bottom, left, right) as fractions of the square face crop.
 MOUTH_BOX = (0.58, 0.82, 0.33, 0.67)

@@ -271,7 +271,7 @@ def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rec
                                              "config": cfg.to_dict(),
                                              "manifest_fingerprint": manifest.get("fingerprint")})
         if samples_hook is None:
-            from trainer.sample_render import SampleRenderer
+            from trainer.sample.step_renderer import SampleRenderer
 
             samples_hook = SampleRenderer(sets.manifests[0], sets.primary, cfg.dim_w, log.info)
     except BaseException:

@@ -8,7 +8,7 @@ cost on top of decoding). 3. with ``--encoder-sizes``, or on a GPU by default, t
 encoder alone (frames/s per crop size and precision) and random-weight wav2vec2-base on 3 s
 clips.
 
-    .venv/bin/python benchmarks/preprocess.py [--input DIR] [--input-size 128] [--workers 1]
+    .venv/bin/python benchmarks/shard_stage.py [--input DIR] [--input-size 128] [--workers 1]
         [--device auto] [--encoder-sizes 128,512]
 
 Without --input it makes a small synthetic RAVDESS set (2 actors x 2 emotions, 640x360 29.97 fps).

@@ -3,7 +3,7 @@
 What generation needs comes from its kin: the model from trainer/checkpoints.py
 (``load_sampling_model``), held-out clips from shards/heldout.py, encoders rebuilt
 from the shard manifest from preprocess/manifest_encoders.py, user inputs from
-trainer/media_input.py.
+trainer/sample/media_input.py.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -31,49 +31,25 @@ from float.config import SAMPLES_PER_FRAME, SAMPLING_RATE
 from float.device import resolve_device
 from preprocess.encode import EncoderSetupError
 from preprocess.manifest_encoders import build_audio_encoder, build_motion_autoencoder
-from preprocess.media import source_waveform
+from preprocess.media import frame_energy, source_waveform
 from shards.heldout import pick_split, read_heldout_clips
 from shards.tar import ShardError
 from trainer.checkpoints import default_output_dir, load_manifest, load_sampling_model
 from trainer.errors import SampleError, exit_with_error
-from trainer.generate import generate, motion_errors, save_latents
+from trainer.sample.generate import generate, motion_errors, save_latents
 from trainer.lipsync import clip_lipsync, face_rate, mean_lipsync
-from trainer.media_input import (EMOTION_CHOICES, InputError, emotion_name, emotion_vector, load_audio,
+from trainer.sample.options import SampleOptions, SampleResult
+from trainer.sample.official import official_state, run_official_sample
+from trainer.sample.media_input import (EMOTION_CHOICES, InputError, emotion_name, emotion_vector, load_audio,
                                  load_reference_image, parse_emotion)
-from trainer.plot import feature_energy, frame_energy, plot_motion
-from trainer.render import encode_reference, render_motion, side_by_side, write_mp4
+from trainer.sample.plot import feature_energy, plot_motion
+from trainer.sample.render import encode_reference, render_motion, side_by_side, write_mp4
 
 AUDIO_GAIN_EVIDENT = 1.05  # error without audio / error with audio above which the audio clearly helps
 RANDOM_DECODER_NOTE = (
     "NOTE: the motion decoder has SEEDED RANDOM weights (the shards were made without float.pth), so the "
     "rendered video is NOT a face: it shows the decoder's response to the motion, nothing more. The evidence "
     "of learning is the motion plot and the generation error with vs without audio.")
-
-
-@dataclass
-class SampleOptions:
-    checkpoint: Path
-    audio: Path | None = None
-    image: Path | None = None
-    out: Path | None = None
-    data_root: str | None = None  # a folder, a folder URL or a pattern (str: a Path would mangle a URL)
-    split: str = "auto"
-    clips: int = 2
-    emotion: str | None = None
-    ser: Path | None = None
-    wav2vec2: Path | None = None
-    float_ckpt: Path | None = None
-    crop: bool = True
-    a_cfg: float = 2.0
-    e_cfg: float = 1.0
-    nfe: int = 10
-    solver: str = "euler"
-    seed: int | None = None  # 0; with official_grid on float.pth the official default 15
-    use_ema: bool = True
-    device: str = "auto"
-    render: bool = True
-    render_batch: int = 16
-    official_grid: bool = False
 
 
 @dataclass
@@ -88,15 +64,6 @@ class Item:
     reference: np.ndarray | None  # (S, S, 3) uint8 crop to render from
     target: np.ndarray | None = None  # (T, dim_w) ground truth
     emotion_label: str = ""
-
-
-@dataclass
-class SampleResult:
-    out: Path
-    files: dict[str, list[str]] = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    rendered: bool = False
-    decoder_random: bool = False
 
 
 def _heldout_items(o: SampleOptions, manifest: dict, folder: str, emotion: str | None, encoder, log) -> list[Item]:
@@ -296,8 +263,6 @@ def _summary(s: Session, entries: list[dict], device: torch.device, log) -> dict
 
 def run_sample(o: SampleOptions, log: Callable[[str], None] = print) -> SampleResult:
     """Everything `floatctl sample` does; raises SampleError / InputError for bad input."""
-    from trainer.official_sample import official_state, run_official_sample  # it imports this module
-
     try:
         state = official_state(o.checkpoint)  # an official float.pth takes its own path
         if state is not None:

@@ -38,12 +38,13 @@ from float.official_model import OfficialModel, is_official_state, load_official
 from preprocess.face import crop_box_from_detections, crop_frame, detect_face
 from trainer.checkpoints import default_output_dir
 from trainer.errors import SampleError
-from trainer.generate import generate, save_latents
+from trainer.sample.generate import generate, save_latents
 from trainer.lipsync import clip_lipsync, mean_lipsync
-from trainer.media_input import InputError, emotion_name, emotion_vector, load_audio, parse_emotion, read_image
-from trainer.plot import frame_energy, plot_motion
-from trainer.render import encode_reference, render_motion, write_mp4
-from trainer.sample_command import SampleOptions, SampleResult
+from trainer.sample.media_input import InputError, emotion_name, emotion_vector, load_audio, parse_emotion, read_image
+from preprocess.media import frame_energy
+from trainer.sample.plot import plot_motion
+from trainer.sample.render import encode_reference, render_motion, write_mp4
+from trainer.sample.options import SampleOptions, SampleResult
 
 OFFICIAL_SEED = 15  # the official options' --seed default
 DETECT_HEIGHT = 360  # the official crop picks its resize filter by the image height against this
