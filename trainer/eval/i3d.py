@@ -77,9 +77,11 @@ def i3d_features(module, clips: np.ndarray | Tensor, batch_size: int = 8) -> Ten
     clips = torch.as_tensor(np.asarray(clips))
     if clips.dtype != torch.uint8 or clips.ndim != 5 or clips.shape[-1] != 3:
         raise ValueError(f"I3D clips must be uint8 (B, T, H, W, 3), got {clips.dtype} {tuple(clips.shape)}")
+    params = list(module.parameters())
+    device = params[0].device if params else torch.device("cpu")
     out = []
     for i in range(0, len(clips), batch_size):
-        videos = clips[i:i + batch_size].permute(0, 4, 1, 2, 3).contiguous()
+        videos = clips[i:i + batch_size].permute(0, 4, 1, 2, 3).contiguous().to(device)
         feats = module(videos, rescale=True, resize=True, return_features=True)
         if not isinstance(feats, Tensor) or tuple(feats.shape) != (len(videos), I3D_FEATURES):
             got = tuple(feats.shape) if isinstance(feats, Tensor) else type(feats).__name__
