@@ -57,7 +57,7 @@ def load_i3d(path: str | Path, probe: bool = True) -> torch.jit.ScriptModule:
     if probe:
         clip = torch.zeros(1, CLIP_FRAMES, PROBE_SIZE, PROBE_SIZE, 3, dtype=torch.uint8)
         try:
-            shape = tuple(i3d_features(module, clip).shape)
+            i3d_features(module, clip)  # raises TrainerError unless the features are (1, 400)
         except TrainerError as e:
             raise TrainerError(f"{where}: {e}") from None
         except Exception as e:  # noqa: BLE001 - whatever a foreign network raises on the probe
