@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from i3d_net import seeded_i3d
 from trainer.errors import TrainerError
-from trainer.eval.fvd import fvd_score, video_clips
+from trainer.eval.fvd import clip_features, fvd_score, video_clips
 from trainer.eval.i3d import I3D_FILE, load_i3d
 from weight_file_cases import code_running_pickle, one_line, truncated_copy
 
@@ -64,15 +64,17 @@ def test_fvd_score_matches_the_reference_formula(i3d_file, one_thread):
     assert score == pytest.approx(reference, rel=1e-4, abs=1e-6)
 
 
-def test_videos_are_cut_into_16_frame_clips():
-    videos = [np.zeros((40, 8, 8, 3), np.uint8), np.ones((15, 8, 8, 3), np.uint8), np.ones((16, 8, 8, 3), np.uint8)]
-    clips = video_clips(videos)
-    assert clips.shape == (3, 16, 8, 8, 3)  # 2 from 40 frames, none from 15, 1 from 16
-    assert clips[2].min() == 1
+def test_videos_are_cut_into_16_frame_clips(i3d_file):
+    assert video_clips(np.zeros((40, 8, 8, 3), np.uint8)).shape == (2, 16, 8, 8, 3)  # the last 8 frames left out
+    assert video_clips(np.zeros((15, 8, 8, 3), np.uint8)).shape == (0, 16, 8, 8, 3)
+    ramp = np.arange(32, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    assert video_clips(ramp)[1, 0, 0, 0, 0] == 16  # consecutive, not overlapping
+    model = load_i3d(i3d_file, probe=False)
+    short = [np.zeros((15, 8, 8, 3), np.uint8), np.zeros((20, 8, 8, 3), np.uint8)]
     with pytest.raises(TrainerError, match="1 real clips of 16 frames"):
-        video_clips(videos[1:], side="real")
+        clip_features(model, short, "real")
     with pytest.raises(TrainerError, match="different frame sizes"):
-        video_clips([videos[0], np.zeros((16, 9, 9, 3), np.uint8)])
+        clip_features(model, [np.zeros((16, 8, 8, 3), np.uint8), np.zeros((16, 9, 9, 3), np.uint8)], "real")
 
 
 class WrongFeatures(nn.Module):

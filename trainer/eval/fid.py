@@ -66,16 +66,18 @@ def frechet_of_features(real: np.ndarray, fake: np.ndarray, unbiased: bool = Tru
                             fake.mean(axis=0), np.cov(fake, rowvar=False, ddof=ddof))
 
 
-def _all_frames(videos: Sequence[np.ndarray], side: str) -> np.ndarray:
-    videos = [np.asarray(v) for v in videos]
-    bad = [i for i, v in enumerate(videos) if v.dtype != np.uint8 or v.ndim != 4 or v.shape[-1] != 3]
-    if bad:
-        v = videos[bad[0]]
-        raise TrainerError(f"FID: {side} video {bad[0]} is {v.dtype} {v.shape}, expected uint8 (T, H, W, 3)")
-    frames = [f for v in videos for f in v]
-    if len(frames) < 2:
-        raise TrainerError(f"FID: {len(frames)} {side} frames; a covariance needs at least 2")
-    return np.stack(frames)
+def _frame_features(model: FIDInceptionV3, videos: Sequence[np.ndarray], side: str, batch_size: int) -> np.ndarray:
+    """Features of every frame, one video at a time (all frames of a set at 512 px would not fit in memory)."""
+    feats = []
+    for i, video in enumerate(videos):
+        video = np.asarray(video)
+        if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
+            raise TrainerError(f"FID: {side} video {i} is {video.dtype} {video.shape}, expected uint8 (T, H, W, 3)")
+        feats.append(model.features(video, batch_size).numpy())
+    count = sum(len(f) for f in feats)
+    if count < 2:
+        raise TrainerError(f"FID: {count} {side} frames; a covariance needs at least 2")
+    return np.concatenate(feats)
 
 
 def fid_score(model: FIDInceptionV3, real_videos: Sequence[np.ndarray], fake_videos: Sequence[np.ndarray],
@@ -85,6 +87,6 @@ def fid_score(model: FIDInceptionV3, real_videos: Sequence[np.ndarray], fake_vid
     Frames may have any size (each is resized to 299x299). Few frames give a biased, noisy FID: pytorch-fid
     warns below 2048 images; report the frame count next to the figure.
     """
-    real = model.features(_all_frames(real_videos, "real"), batch_size).numpy()
-    fake = model.features(_all_frames(fake_videos, "generated"), batch_size).numpy()
+    real = _frame_features(model, real_videos, "real", batch_size)
+    fake = _frame_features(model, fake_videos, "generated", batch_size)
     return frechet_of_features(real, fake, unbiased=True)

@@ -85,13 +85,20 @@ def load_syncnet(path: str | Path) -> SyncNetV2:
     return load_exact_state_dict(SyncNetV2(), path, "SyncNet v2 weights", SYNCNET_FILE)
 
 
-def syncnet_frames(frames: np.ndarray) -> Tensor:
-    """(3, T, 224, 224) float BGR 0..255 from RGB face crops uint8 (T, H, W, 3) of any size."""
-    x = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2).float()
-    if x.shape[-2:] != (SYNCNET_SIZE, SYNCNET_SIZE):
-        x = F.interpolate(x, size=(SYNCNET_SIZE, SYNCNET_SIZE), mode="bilinear", align_corners=False)
-        x = x.round().clamp(0, 255)
-    return x.flip(1).permute(1, 0, 2, 3)  # RGB -> BGR, (3, T, H, W)
+def syncnet_frames(frames: np.ndarray, chunk: int = 32) -> Tensor:
+    """(3, T, 224, 224) float BGR 0..255 from RGB face crops uint8 (T, H, W, 3) of any size.
+
+    Resized ``chunk`` frames at a time: a float copy of 250 frames at 512 px would take 0.8 GB.
+    """
+    frames = torch.as_tensor(np.asarray(frames))
+    out = []
+    for i in range(0, len(frames), chunk):
+        x = frames[i:i + chunk].permute(0, 3, 1, 2).float()
+        if x.shape[-2:] != (SYNCNET_SIZE, SYNCNET_SIZE):
+            x = F.interpolate(x, size=(SYNCNET_SIZE, SYNCNET_SIZE), mode="bilinear", align_corners=False)
+            x = x.round().clamp(0, 255)
+        out.append(x.flip(1))  # RGB -> BGR
+    return torch.cat(out).permute(1, 0, 2, 3)
 
 
 def int16_samples(waveform: np.ndarray) -> np.ndarray:
