@@ -160,3 +160,20 @@ def test_dlib_default_works_when_opencv_has_no_cascades(synthetic_clip, monkeypa
         assert crop_face(frame, 16).shape == (16, 16, 3)  # sample --image
     finally:
         face._cascade.cache_clear()
+
+
+def test_small_faces_are_found_by_upsampling(synthetic_clip):
+    """A face of ~50 px at the 360 detection rows: HOG alone misses it, the doubled image finds it."""
+    from preprocess import face_models
+
+    _, clip = synthetic_clip
+    frame = next(iter(iter_video_frames(clip.video)[0]))
+    small = cv2.resize(frame, None, fx=0.42, fy=0.42, interpolation=cv2.INTER_AREA)
+    canvas = np.full((360, 640, 3), 90, np.uint8)
+    canvas[40:40 + small.shape[0], 60:60 + small.shape[1]] = small
+    assert len(face_models.detect(canvas, upsample=0)[0]) == 0
+    det = face_dlib.detect_scored(canvas)
+    x, y, side = actor_look(3, 5).face_in_frame()
+    fx, fy = 60 + 0.42 * x, 40 + 0.42 * y
+    cx, cy, s = det.boxes[0][0] + det.boxes[0][2] / 2, det.boxes[0][1] + det.boxes[0][3] / 2, det.boxes[0][2]
+    assert len(det.boxes) == 1 and np.hypot(cx - fx, cy - fy) < 0.3 * face_dlib.LANDMARK_TO_SFD_SIDE * s
