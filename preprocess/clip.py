@@ -14,7 +14,7 @@ import numpy as np
 
 from preprocess.discover import ClipSource
 from preprocess.face import CropBox, crop_frame, resize_frame, sample_indices
-from preprocess.face_pick import choose_crop_box
+from preprocess.face_pick import DEFAULT_DETECTOR, choose_crop_box
 from preprocess.media import (FPS, SAMPLES_PER_FRAME, ClipError, align, decode_audio, describe,
                               iter_video_frames, open_bytes, probe_video)
 
@@ -73,7 +73,7 @@ def _check_length(n_frames: int, min_seconds: float) -> None:
         raise ClipError(f"clip is {seconds:.1f} s, shorter than {min_seconds:.1f} s")
 
 
-def _crop_held(src: ClipSource, audio: np.ndarray, size: int, min_seconds: float):
+def _crop_held(src: ClipSource, audio: np.ndarray, size: int, min_seconds: float, detector: str):
     """Decode once holding full frames, find the face, crop, dropping each full frame."""
     iterator, source_fps = iter_video_frames(src.video)
     full = list(iterator)
@@ -81,7 +81,7 @@ def _crop_held(src: ClipSource, audio: np.ndarray, size: int, min_seconds: float
     full = list(full)
     _check_length(len(full), min_seconds)
     picked = sample_indices(len(full), DETECT_SAMPLES)
-    box = choose_crop_box([full[i] for i in picked])
+    box = choose_crop_box([full[i] for i in picked], detector=detector)
     frames = np.empty((len(full), size, size, 3), dtype=np.uint8)
     for i in range(len(full)):
         frames[i] = crop_frame(full[i], box, size)
@@ -89,7 +89,7 @@ def _crop_held(src: ClipSource, audio: np.ndarray, size: int, min_seconds: float
     return frames, audio, box, source_fps
 
 
-def _crop_two_pass(src: ClipSource, audio: np.ndarray, size: int, min_seconds: float):
+def _crop_two_pass(src: ClipSource, audio: np.ndarray, size: int, min_seconds: float, detector: str):
     """Clips too long to hold: decode three times (count frames, detect on the sampled
     frames, crop) holding one full frame at a time. Same result as _crop_held."""
     iterator, source_fps = iter_video_frames(src.video)
@@ -105,7 +105,7 @@ def _crop_two_pass(src: ClipSource, audio: np.ndarray, size: int, min_seconds: f
             sampled.append(frame)
         if i >= n_frames - 1:
             break
-    box = choose_crop_box(sampled)
+    box = choose_crop_box(sampled, detector=detector)
     frames = np.empty((n_frames, size, size, 3), dtype=np.uint8)
     iterator, _ = iter_video_frames(src.video)
     for i, frame in enumerate(iterator):
@@ -130,12 +130,12 @@ def _resize_only(src: ClipSource, audio: np.ndarray, size: int, min_seconds: flo
 
 
 def prepare_clip(src: ClipSource, input_size: int, crop: str = "auto", min_seconds: float = 2.0,
-                 memory_budget_bytes: int = MEMORY_BUDGET_BYTES) -> PreparedClip:
+                 memory_budget_bytes: int = MEMORY_BUDGET_BYTES, detector: str = DEFAULT_DETECTOR) -> PreparedClip:
     """Decode, align, length-check and crop one clip. Raises ClipError with the reason.
 
     crop="auto": one square crop for the whole clip from the face detector (no face ->
     ClipError, never a silent centre crop); crop="none": the frames are already face
-    crops and are only resized to input_size.
+    crops and are only resized to input_size. ``detector``: dlib or haar (preprocess/face_pick.py).
     """
     if crop not in CROP_MODES:
         raise ValueError(f"unknown crop mode {crop!r}; expected one of {CROP_MODES}")
@@ -146,8 +146,8 @@ def prepare_clip(src: ClipSource, input_size: int, crop: str = "auto", min_secon
     if crop == "none":
         frames, audio, box, source_fps = _resize_only(src, audio, input_size, min_seconds)
     elif _estimated_frame_bytes(src.video) <= memory_budget_bytes:
-        frames, audio, box, source_fps = _crop_held(src, audio, input_size, min_seconds)
+        frames, audio, box, source_fps = _crop_held(src, audio, input_size, min_seconds, detector)
     else:
-        frames, audio, box, source_fps = _crop_two_pass(src, audio, input_size, min_seconds)
+        frames, audio, box, source_fps = _crop_two_pass(src, audio, input_size, min_seconds, detector)
     return PreparedClip(source=src, frames=frames, audio=np.ascontiguousarray(audio, dtype=np.float32),
                         box=box, source_fps=source_fps, sha256=sha256)

@@ -38,6 +38,11 @@ def shards(
     crop: Annotated[str, typer.Option(
         help="auto: one fixed square face crop per clip from the face detector (clips with no face are "
              "rejected); none: the clips are already face crops, only resized.")] = "auto",
+    detector: Annotated[Optional[str], typer.Option(
+        help="Face detector of --crop auto: dlib (HOG + 68 landmarks, the box from the eyes and mouth; "
+             "steadier, better centred) or haar (OpenCV's cascade; needs OpenCV 4). Default: the one recorded "
+             "in --out's manifest when resuming or rebuilding (haar for shards made before this choice), "
+             "else dlib when installed, else haar. Recorded in the manifest.")] = None,
     audio_features: Annotated[str, typer.Option(
         help="auto|wav2vec2|mel. auto = wav2vec2 when --wav2vec2 is given, else mel. wav2vec2: all 12 "
              "layers per 25 fps frame (9216 wide for base); without --wav2vec2, seeded RANDOM base weights "
@@ -133,7 +138,7 @@ def shards(
         return
     settings = ShardSettings(
         ravdess=ravdess, input=input, out=out, preset=preset, input_size=input_size, crop=crop,
-        audio_features=audio_features, wav2vec2=wav2vec2, ser=ser, float_ckpt=float_ckpt,
+        detector=detector, audio_features=audio_features, wav2vec2=wav2vec2, ser=ser, float_ckpt=float_ckpt,
         vocal_channels=_csv(vocal_channels), speaker_pattern=speaker_pattern, val_actors=val_actors, test_actors=test_actors,
         val_ids=_csv(val_ids), test_ids=_csv(test_ids), workers=workers, batch_size=batch_size,
         device=device, part=part, shard_size_mb=shard_size_mb, shard_samples=shard_samples,

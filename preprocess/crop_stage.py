@@ -43,9 +43,10 @@ class CropOutput:
         if folder.resolve() == Path(s.out).resolve():
             raise PipelineError(f"--crops-out {folder} is the latent shard folder --out: give crops a folder "
                                 "of their own")
-        crop = crop_info(s.crop)
+        crop = crop_info(s.crop, s.detector)
         content = frame_content(cfg, input_size, crop, split_of, s.segment_seconds)  # what changes crop samples or their split
         settings = {"input_root": str(root), "input_kind": kind, "input_size": input_size, "crop": s.crop,
+                    "detector": s.detector,
                     "latents_out": str(s.out), "splits": {"val": content["val_actors"],
                                                          "test": content["test_actors"]},
                     "part": s.part, "shard_size_mb": s.shard_size_mb, "shard_samples": s.shard_samples,

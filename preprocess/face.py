@@ -17,6 +17,9 @@ detected at 360p give, averaged over those 16 images:
 The Haar box is smaller than SFD's and reaches higher up the forehead. We use
 side factor 1.16, vertical shift +0.06 and no horizontal shift (the sample face is
 turned slightly; a frontal face is symmetric).
+
+The other detector, dlib's HOG plus 68 landmarks (preprocess/face_dlib.py, the default), is
+mapped onto the SFD box the same way with its own ``SfdMapping``; both share the crop rules here.
 """
 from __future__ import annotations
 
@@ -40,6 +43,27 @@ DETECTOR = f"opencv-{cv2.__version__}-{CASCADE_FILE}"
 OUTLIER_DISTANCE = 1.0
 # Faces smaller than this fraction of the frame height are not looked for (at 360p: 43 px).
 MIN_FACE_FRACTION = 0.12
+
+
+@dataclass(frozen=True)
+class SfdMapping:
+    """How a detector's box (x, y, w, h) maps onto the SFD box the official crop is framed on:
+    SFD side = side * max(w, h); SFD centre = box centre + (shift_x, shift_y) * max(w, h)."""
+
+    side: float
+    shift_x: float = 0.0
+    shift_y: float = 0.0
+
+
+HAAR_MAPPING = SfdMapping(HAAR_TO_SFD_SIDE, 0.0, HAAR_TO_SFD_SHIFT_Y)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Face boxes of one frame (N, 4) as x, y, w, h in frame pixels, with their confidences (N,)."""
+
+    boxes: np.ndarray
+    weights: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -99,10 +123,11 @@ def sample_indices(n_frames: int, n_samples: int) -> list[int]:
     return sorted(set(np.linspace(0, n_frames - 1, count).round().astype(int).tolist()))
 
 
-def crop_box_from_detections(boxes: Sequence[np.ndarray | None], scale: float = CROP_SCALE) -> CropBox:
-    """Combine per-frame Haar boxes (x, y, w, h; None where nothing was found) into one crop.
+def crop_box_from_detections(boxes: Sequence[np.ndarray | None], scale: float = CROP_SCALE,
+                             mapping: SfdMapping = HAAR_MAPPING) -> CropBox:
+    """Combine per-frame detector boxes (x, y, w, h; None where nothing was found) into one crop.
 
-    Centre and size are medians over the frames, mapped to the SFD box they stand for;
+    Centre and size are medians over the frames, mapped by ``mapping`` to the SFD box they stand for;
     side = scale * SFD side, then enlarged so that every (non-outlier) box fits.
     Raises ClipError when a face was found in fewer than half of the frames.
     """
@@ -122,8 +147,9 @@ def crop_box_from_detections(boxes: Sequence[np.ndarray | None], scale: float = 
     found, centres, sides = found[keep], centres[keep], sides[keep]
     cx, cy = np.median(centres[:, 0]), np.median(centres[:, 1])
     side = float(np.median(sides))
-    cy += HAAR_TO_SFD_SHIFT_Y * side
-    crop_side = scale * HAAR_TO_SFD_SIDE * side
+    cx += mapping.shift_x * side
+    cy += mapping.shift_y * side
+    crop_side = scale * mapping.side * side
     # Head motion must stay inside the crop: reach every sampled box's corners.
     reach = np.maximum.reduce([np.abs(found[:, 0] - cx), np.abs(found[:, 0] + found[:, 2] - cx),
                                np.abs(found[:, 1] - cy), np.abs(found[:, 1] + found[:, 3] - cy)])

@@ -18,6 +18,11 @@ best track is cropped. The crop is then checked: the detector must find a face n
 of the cropped frames (re-detection inside the crop). A crop that fails is not used: the next
 track is tried, and a clip with no track that passes is rejected with the reason, never cropped
 around the wrong thing silently.
+
+Two detectors feed this (``--detector``): dlib's HOG + landmarks (preprocess/face_dlib.py, the
+default: steadier and better centred, see benchmarks/crop_detectors.py) and OpenCV's Haar cascade,
+kept so that shards made with it are rebuilt the same way. Tracks, crop and check are the same for
+both; each maps its boxes onto the SFD box with its own calibration (``FaceDetector.mapping``).
 """
 from __future__ import annotations
 
@@ -27,8 +32,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from preprocess.errors import ClipError
-from preprocess.face import MIN_FACE_FRACTION, CropBox, _cascade, crop_box_from_detections, crop_frame
+from preprocess.errors import ClipError, PreprocessError
+from preprocess.face import (HAAR_MAPPING, MIN_FACE_FRACTION, CropBox, Detections, SfdMapping, _cascade,
+                             crop_box_from_detections, crop_frame, detect_face)
 
 # Two boxes of different frames are one face when their centres are within this many sides
 # (of the larger box) and their sides within this ratio. A head moves and nods by far less.
@@ -44,14 +50,96 @@ VERIFY_SIZE = 160
 CENTRE_TOLERANCE = 0.2
 MIN_FACE_IN_CROP = 0.25
 METHOD = "scored-tracks-v1"  # recorded in the manifest's crop detector: changing it changes the fingerprint
+DETECTORS = ("dlib", "haar")
+DEFAULT_DETECTOR = "dlib"  # steadier, better centred and needs no OpenCV cascades (README: "The face crop")
+DLIB_VERIFY_SIZE = 200  # HOG needs faces of ~80 px: the crop's face is about 0.5 of it
 
 
 @dataclass(frozen=True)
-class Detections:
-    """Face boxes of one frame (N, 4) as x, y, w, h in frame pixels, with their level weights (N,)."""
+class FaceDetector:
+    """One of ``DETECTORS``: how it finds faces, how its boxes map onto the SFD box, how its check looks."""
 
-    boxes: np.ndarray
-    weights: np.ndarray
+    kind: str
+    mapping: SfdMapping
+    verify_size: int
+
+    def detect(self, frame: np.ndarray, detect_height: int = 360) -> Detections:
+        if self.kind == "haar":
+            return detect_scored(frame, detect_height)
+        from preprocess import face_dlib
+
+        return face_dlib.detect_scored(frame, detect_height)
+
+    def check_boxes(self, det: Detections) -> tuple[np.ndarray, np.ndarray]:
+        """(centres (N, 2), sides (N,)) the crop check compares with the crop: Haar's raw boxes (as it always
+        has: the face sits a little above the crop centre), dlib's SFD-equivalent boxes (centred)."""
+        boxes = det.boxes
+        if self.kind == "dlib" and len(boxes):
+            from preprocess.face_dlib import sfd_boxes
+
+            boxes = sfd_boxes(boxes)
+        return boxes[:, :2] + boxes[:, 2:] / 2, boxes[:, 2:].max(axis=1) if len(boxes) else np.zeros(0)
+
+    def name(self) -> str:
+        """The manifest's crop detector: Haar's string is unchanged, so Haar shards keep their fingerprint."""
+        from preprocess import face
+
+        if self.kind == "haar":
+            return f"{face.DETECTOR}+{METHOD}"
+        from preprocess import face_dlib
+
+        return f"{face_dlib.name()}+{METHOD}"
+
+
+def get_detector(kind: str) -> FaceDetector:
+    """The detector called ``kind`` (dlib or haar); PreprocessError naming the choices otherwise."""
+    if kind == "haar":
+        return FaceDetector("haar", HAAR_MAPPING, VERIFY_SIZE)
+    if kind == "dlib":
+        from preprocess.face_dlib import MAPPING
+
+        return FaceDetector("dlib", MAPPING, DLIB_VERIFY_SIZE)
+    raise PreprocessError(f"unknown face detector {kind!r}; choose one of {', '.join(DETECTORS)}")
+
+
+def detector_kind(name: str | None) -> str:
+    """Which detector a manifest's crop detector string names: dlib's start with "dlib", anything else
+    (OpenCV's Haar string, or none recorded by shards older than the choice) is Haar."""
+    return "dlib" if str(name or "").startswith("dlib") else "haar"
+
+
+def check_available(kind: str) -> None:
+    """PreprocessError with the fix when ``kind`` cannot run here (dlib not installed, OpenCV without cascades)."""
+    get_detector(kind)
+    if kind == "dlib":
+        from preprocess import face_models
+
+        if not face_models.available():
+            face_models.version()  # raises FaceModelsMissing with the install hint
+        return
+    try:
+        _cascade()
+    except RuntimeError as e:
+        raise PreprocessError(f"--detector haar: {e}; or use --detector dlib") from None
+
+
+def default_detector() -> str:
+    """dlib when its models are installed (the ``faces`` extra), else Haar."""
+    from preprocess import face_models
+
+    return DEFAULT_DETECTOR if face_models.available() else "haar"
+
+
+def image_crop_box(image: np.ndarray, kind: str, detect_height: int = 360) -> CropBox | None:
+    """The crop of one image (a reference portrait), or None when no face is found: Haar's largest box
+    (as before), dlib's best-scored face."""
+    detector = get_detector(kind)
+    if kind == "haar":
+        box = detect_face(image, detect_height)
+    else:
+        det = detector.detect(image, detect_height)
+        box = det.boxes[0] if len(det.boxes) else None
+    return None if box is None else crop_box_from_detections([box], mapping=detector.mapping)
 
 
 def detect_scored(frame: np.ndarray, detect_height: int = 360) -> Detections:
@@ -111,30 +199,30 @@ def face_tracks(detections: Sequence[Detections]) -> list[Track]:
     return sorted(tracks.values(), key=lambda t: -t.score)  # stable: ties keep seed order
 
 
-def crop_holds_face(frames: Sequence[np.ndarray], box: CropBox) -> tuple[int, int]:
+def crop_holds_face(frames: Sequence[np.ndarray], box: CropBox, detector: str = DEFAULT_DETECTOR) -> tuple[int, int]:
     """(frames whose crop shows a centred face, frames checked): re-detection inside the crop."""
     passed = 0
-    # Where the crop puts the Haar box: crop_box_from_detections shifted the centre down by
-    # HAAR_TO_SFD_SHIFT_Y sides, so the face sits a little above the crop's centre.
+    found = get_detector(detector)
+    size = found.verify_size
     for frame in frames:
-        crop = crop_frame(frame, box, VERIFY_SIZE)
-        det = detect_scored(crop, VERIFY_SIZE)
-        centres = det.boxes[:, :2] + det.boxes[:, 2:] / 2
-        off = np.abs(centres - VERIFY_SIZE / 2).max(axis=1) if len(centres) else np.zeros(0)
-        sides = det.boxes[:, 2:].max(axis=1) if len(centres) else np.zeros(0)
-        if np.any((off <= CENTRE_TOLERANCE * VERIFY_SIZE) & (sides >= MIN_FACE_IN_CROP * VERIFY_SIZE)):
+        crop = crop_frame(frame, box, size)
+        centres, sides = found.check_boxes(found.detect(crop, size))
+        off = np.abs(centres - size / 2).max(axis=1) if len(centres) else np.zeros(0)
+        if np.any((off <= CENTRE_TOLERANCE * size) & (sides >= MIN_FACE_IN_CROP * size)):
             passed += 1
     return passed, len(frames)
 
 
-def choose_crop_box(frames: Sequence[np.ndarray], detections: Sequence[Detections] | None = None) -> CropBox:
+def choose_crop_box(frames: Sequence[np.ndarray], detections: Sequence[Detections] | None = None,
+                    detector: str = DEFAULT_DETECTOR) -> CropBox:
     """The clip's crop from its sampled frames: the best face track whose crop passes the check.
 
     Raises ClipError("no face detected ...") when no track covers most frames, and
     ClipError("... no centred face ...") when every candidate crop fails re-detection.
     """
+    found = get_detector(detector)
     if detections is None:
-        detections = [detect_scored(f) for f in frames]
+        detections = [found.detect(f) for f in frames]
     if not frames:
         raise ClipError("no face detected: the clip has no frames")
     tracks = face_tracks(detections)
@@ -143,12 +231,12 @@ def choose_crop_box(frames: Sequence[np.ndarray], detections: Sequence[Detection
     reasons, first_error = [], None
     for track in tracks[:MAX_TRACKS]:
         try:
-            box = crop_box_from_detections(list(track.boxes))
+            box = crop_box_from_detections(list(track.boxes), mapping=found.mapping)
         except ClipError as e:
             first_error = first_error or e
             continue
         seen = [f for f, b in zip(frames, track.boxes) if b is not None]
-        passed, checked = crop_holds_face(seen, box)
+        passed, checked = crop_holds_face(seen, box, detector)
         if 2 * passed >= checked:
             return box
         reasons.append(f"crop at ({box.cx:.0f}, {box.cy:.0f}) side {box.side} shows a centred face in "

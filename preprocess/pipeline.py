@@ -43,7 +43,7 @@ from preprocess.errors import ClipError, EncoderSetupError, PipelineError
 from preprocess.output import (ManifestKeeper, open_writers, output_names, prepare_out_folder, sample_members,
                                write_errors)
 from preprocess.report import RunSummary, format_summary, progress_bar
-from preprocess.settings import ShardSettings, check_options, describe_run
+from preprocess.settings import ShardSettings, check_options, describe_run, resolve_detector
 from preprocess.splits import assign_splits, part_of
 from shards.format import SPLITS
 
@@ -55,12 +55,13 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core already; avoid oversubscription
 
 
-def _prepare_one(src, input_size: int, crop: str, min_seconds: float, segment_seconds: float = 0.0):
+def _prepare_one(src, input_size: int, crop: str, min_seconds: float, segment_seconds: float = 0.0,
+                 detector: str = "dlib"):
     """Runs in a worker: (PreparedClip or SegmentPlan, None) or (None, {"file", "reason"}). Never raises."""
     from preprocess.segments import prepare_source
 
     try:
-        return prepare_source(src, input_size, crop, min_seconds, segment_seconds), None
+        return prepare_source(src, input_size, crop, min_seconds, segment_seconds, detector=detector), None
     except ClipError as e:
         return None, {"file": src.video, "reason": str(e)}
     except Exception as e:  # one odd file must not end a long run; the reason says it was unexpected
@@ -68,9 +69,9 @@ def _prepare_one(src, input_size: int, crop: str, min_seconds: float, segment_se
 
 
 def _prepared_in_order(todo, workers: int, input_size: int, crop: str, min_seconds: float,
-                       segment_seconds: float = 0.0):
+                       segment_seconds: float = 0.0, detector: str = "dlib"):
     """Yield (source, result) in ``todo`` order, keeping at most workers + 2 clips in flight."""
-    args = (input_size, crop, min_seconds, segment_seconds)
+    args = (input_size, crop, min_seconds, segment_seconds, detector)
     if workers <= 0:
         for src in todo:
             yield src, _prepare_one(src, *args)
@@ -151,7 +152,7 @@ def _write_clips(todo, s: ShardSettings, input_size: int, encoder, split_of: dic
     progress = progress_bar(len(todo), s.progress)
     try:
         for source, result in _prepared_in_order(todo, s.workers, input_size, s.crop, s.min_seconds,
-                                                 s.segment_seconds):
+                                                 s.segment_seconds, s.detector):
             for src, prepared, error in _samples_of(source, *result, input_size):
                 if error is not None:
                     errors.append(error)
@@ -205,6 +206,7 @@ def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummar
 
         return run_from_crops(s, log)
     part, cfg, input_size = check_options(s)
+    s = resolve_detector(s, part, log)  # before anything is keyed on it: the manifest and its fingerprint
     root, kind = resolve_input(s, log)
     try:
         sources, rejected = discover(root, kind, tuple(s.vocal_channels), s.speaker_pattern)

@@ -33,7 +33,7 @@ from preprocess.clip import MEMORY_BUDGET_BYTES, PreparedClip, load_clip_audio, 
 from preprocess.discover import ClipSource
 from preprocess.errors import ClipError
 from preprocess.face import CropBox, crop_box_from_detections, crop_frame
-from preprocess.face_pick import Detections, crop_holds_face, detect_scored, face_tracks
+from preprocess.face_pick import DEFAULT_DETECTOR, Detections, crop_holds_face, face_tracks, get_detector
 from preprocess.media import FPS, SAMPLES_PER_FRAME, align, describe, iter_video_frames, probe_video
 
 SAMPLE_STRIDE = FPS  # one detection per second of video
@@ -64,6 +64,7 @@ class SegmentPlan:
     audio: np.ndarray  # the whole aligned 16 kHz audio (small next to the frames)
     segments: list[Segment]
     errors: list[dict] = field(default_factory=list)
+    detector: str = DEFAULT_DETECTOR  # the crop check of the crop pass uses the plan's detector
 
 
 def segment_key(clip_id: str, index: int) -> str:
@@ -103,8 +104,9 @@ def _runs(n_frames: int, cuts: list[int], faceless: set[int]) -> tuple[list[tupl
 
 
 def plan_segments(src: ClipSource, audio: np.ndarray, sha256: str, segment_frames: int,
-                  min_frames: int) -> SegmentPlan:
+                  min_frames: int, detector: str = DEFAULT_DETECTOR) -> SegmentPlan:
     """The plan pass (see the module doc). Raises ClipError only when nothing of the video is usable."""
+    found = get_detector(detector)
     iterator, source_fps = iter_video_frames(src.video)
     cuts, detections, previous, n_video = [], {}, None, 0
     for i, frame in enumerate(iterator):
@@ -113,7 +115,7 @@ def plan_segments(src: ClipSource, audio: np.ndarray, sha256: str, segment_frame
             cuts.append(i)
         previous = thumb
         if i % SAMPLE_STRIDE == 0:
-            detections[i] = detect_scored(frame)
+            detections[i] = found.detect(frame)
         n_video = i + 1
     _, audio = align(range(n_video), audio, SAMPLES_PER_FRAME)
     n_frames = len(audio) // SAMPLES_PER_FRAME
@@ -134,7 +136,7 @@ def plan_segments(src: ClipSource, audio: np.ndarray, sha256: str, segment_frame
             try:
                 if end - start < min_frames:
                     raise ClipError(f"is {(end - start) / FPS:.1f} s, shorter than {min_frames / FPS:.1f} s")
-                box = _piece_box(sampled)
+                box = _piece_box(sampled, detector)
             except ClipError as e:
                 errors.append({"file": src.video, "reason": f"{where} left out: {e}"})
             else:
@@ -143,16 +145,16 @@ def plan_segments(src: ClipSource, audio: np.ndarray, sha256: str, segment_frame
     if not segments:
         reasons = "; ".join(e["reason"] for e in errors[:3]) or "nothing left"
         raise ClipError(f"no usable segment in {name} ({n_frames / FPS:.1f} s): {reasons}")
-    return SegmentPlan(n_frames, source_fps, sha256, audio, segments, errors)
+    return SegmentPlan(n_frames, source_fps, sha256, audio, segments, errors, detector)
 
 
-def _piece_box(sampled: list[Detections]) -> CropBox:
+def _piece_box(sampled: list[Detections], detector: str) -> CropBox:
     if not sampled:
         raise ClipError("no frame was sampled for the face detector")
     tracks = face_tracks(sampled)
     if not tracks:
         raise ClipError(f"no face detected in any of the {len(sampled)} sampled frames")
-    return crop_box_from_detections(list(tracks[0].boxes))
+    return crop_box_from_detections(list(tracks[0].boxes), mapping=get_detector(detector).mapping)
 
 
 def iter_segments(src: ClipSource, plan: SegmentPlan, size: int) -> Iterator[tuple[object, dict | None]]:
@@ -171,7 +173,7 @@ def iter_segments(src: ClipSource, plan: SegmentPlan, size: int) -> Iterator[tup
             frames, passed = np.empty((seg.end - seg.start, size, size, 3), np.uint8), 0
         frames[i - seg.start] = crop_frame(frame, seg.box, size)
         if i in seg.checks:
-            passed += crop_holds_face([frame], seg.box)[0]
+            passed += crop_holds_face([frame], seg.box, plan.detector)[0]
         if i == seg.end - 1:
             key = segment_key(src.clip_id, seg.index)
             if 2 * passed < len(seg.checks):
@@ -189,9 +191,10 @@ def iter_segments(src: ClipSource, plan: SegmentPlan, size: int) -> Iterator[tup
 
 
 def prepare_source(src: ClipSource, input_size: int, crop: str = "auto", min_seconds: float = 2.0,
-                   segment_seconds: float = 0.0, memory_budget_bytes: int = MEMORY_BUDGET_BYTES):
+                   segment_seconds: float = 0.0, memory_budget_bytes: int = MEMORY_BUDGET_BYTES,
+                   detector: str = DEFAULT_DETECTOR):
     """A PreparedClip, or for a video longer than ``segment_seconds`` (crop "auto", > 0) the
-    SegmentPlan of its segments (preprocess/segments.py), cropped later one segment at a time."""
+    SegmentPlan of its segments, cropped later one segment at a time."""
     segment_frames = int(round(segment_seconds * FPS))
     if crop == "auto" and segment_frames > 0:
         declared = probe_video(src.video).seconds
@@ -199,5 +202,5 @@ def prepare_source(src: ClipSource, input_size: int, crop: str = "auto", min_sec
         if declared is None or declared * FPS > segment_frames:
             sha256 = sha256_of(src.video)
             return plan_segments(src, load_clip_audio(src), sha256, segment_frames,
-                                 max(1, int(math.ceil(min_seconds * FPS))))
-    return prepare_clip(src, input_size, crop, min_seconds, memory_budget_bytes)
+                                 max(1, int(math.ceil(min_seconds * FPS))), detector)
+    return prepare_clip(src, input_size, crop, min_seconds, memory_budget_bytes, detector)

@@ -8,7 +8,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from preprocess.errors import PipelineError
+from preprocess.errors import PipelineError, PreprocessError
 from preprocess.splits import actor_order, parse_part
 from shards.format import FORMAT_VERSION
 from shards.manifest import CREATED_BY, fingerprint_inputs, settings_fingerprint
@@ -30,6 +30,9 @@ class ShardSettings:
     preset: str = "tiny"
     input_size: int | None = None  # None: the preset's
     crop: str = "auto"
+    # dlib | haar (preprocess/face_pick.py). None: the detector of the shards already in --out (Haar when
+    # their manifest names none), else dlib when installed, else Haar; resolve_detector fills it in.
+    detector: str | None = None
     audio_features: str = "auto"
     wav2vec2: Path | None = None
     ser: Path | None = None
@@ -79,6 +82,16 @@ def check_options(s: ShardSettings):
         raise PipelineError(str(e)) from None
     if s.crop not in ("auto", "none"):
         raise PipelineError(f"--crop must be auto or none, got {s.crop!r}")
+    if s.detector is not None:
+        from preprocess.face_pick import DETECTORS, check_available
+
+        if s.detector not in DETECTORS:
+            raise PipelineError(f"--detector must be one of {', '.join(DETECTORS)}, got {s.detector!r}")
+        if s.crop == "auto" and s.from_crops is None:
+            try:
+                check_available(s.detector)
+            except PreprocessError as e:
+                raise PipelineError(str(e)) from None
     if s.segment_seconds < 0 or 0 < s.segment_seconds < s.min_seconds:
         raise PipelineError(f"--segment-seconds must be 0 (never cut) or at least --min-seconds "
                             f"({s.min_seconds}), got {s.segment_seconds}")
@@ -93,12 +106,66 @@ def check_options(s: ShardSettings):
     return part, cfg, s.input_size or cfg.input_size
 
 
-def crop_info(crop: str) -> dict:
+def crop_info(crop: str, detector: str | None = "haar") -> dict:
+    """The manifest's crop: its mode, scale and the detector's full name (versions and method). Haar's name
+    is what it always was, so Haar shards keep their fingerprint."""
     if crop == "none":
         return {"mode": "none", "scale": None, "detector": None}
     from preprocess import face, face_pick
 
-    return {"mode": "auto", "scale": face.CROP_SCALE, "detector": f"{face.DETECTOR}+{face_pick.METHOD}"}
+    return {"mode": "auto", "scale": face.CROP_SCALE, "detector": face_pick.get_detector(detector or "haar").name()}
+
+
+def _recorded_detector(folders: list[Path], part) -> str | None:
+    """The detector kind of the shards already in these folders (the first manifest found), or None."""
+    from preprocess.face_pick import detector_kind
+    from preprocess.output import output_names
+    from shards.errors import ManifestError
+    from shards.format import MANIFEST
+    from shards.manifest import list_part_manifests, read_manifest
+
+    for folder in folders:
+        names = dict.fromkeys([output_names(part)[0], MANIFEST] + [p.name for p in list_part_manifests(folder).values()])
+        for name in names:
+            try:
+                crop = read_manifest(folder, name).get("crop") or {}
+            except (ManifestError, OSError, ValueError):
+                continue
+            if crop.get("mode") == "auto":
+                return detector_kind(crop.get("detector"))
+    return None
+
+
+def resolve_detector(s: ShardSettings, part=None, log=print) -> ShardSettings:
+    """``s`` with its detector filled in: the one given; else, so that a folder made with Haar (or before the
+    choice existed) is resumed and rebuilt the same way, the one its manifest records; else the default."""
+    from dataclasses import replace
+
+    from preprocess.face_pick import check_available, default_detector
+
+    if s.crop != "auto" or s.from_crops is not None:
+        return replace(s, detector=None)  # nothing is detected
+    if s.detector is not None:
+        return s  # checked by check_options
+    from preprocess.crop_stage import default_crops_out
+
+    folders = [Path(s.out)] + ([Path(s.crops_out) if s.crops_out else default_crops_out(s.out)] if s.crops else [])
+    recorded = _recorded_detector([f for f in folders if f.is_dir()], part)
+    if recorded is not None:
+        log(f"face detector: {recorded}, as recorded in the manifest of {s.out} (pass --detector to change it)")
+        try:
+            check_available(recorded)
+        except PreprocessError as e:
+            raise PipelineError(f"{s.out} was made with the {recorded} face detector, which cannot run here: {e}") from None
+        return replace(s, detector=recorded)
+    chosen = default_detector()
+    if chosen != "dlib":
+        log("face detector: haar (dlib's face models are not installed: pip install -e '.[faces]' for the default)")
+    try:
+        check_available(chosen)
+    except PreprocessError as e:
+        raise PipelineError(str(e)) from None
+    return replace(s, detector=chosen)
 
 
 def frame_content(cfg, input_size: int, crop: dict, split_of: dict, segment_seconds: float = 0.0) -> dict:
@@ -114,7 +181,7 @@ def frame_content(cfg, input_size: int, crop: dict, split_of: dict, segment_seco
 
 def describe_run(s: ShardSettings, cfg, input_size: int, encoder, split_of: dict, root: Path, kind: str) -> dict:
     """The manifest minus its splits: features, encoders, crop, settings and the fingerprint."""
-    crop = crop_info(s.crop)
+    crop = crop_info(s.crop, s.detector)
     # What changes sample content or split membership; workers, batch size, shard size, part do not.
     content = frame_content(cfg, input_size, crop, split_of, s.segment_seconds) | {
         "audio_features": encoder.audio_kind, "motion_precision": encoder.motion_precision}

@@ -50,21 +50,25 @@ def test_equal_confidence_still_prefers_the_box_seen_in_every_frame():
     assert face_tracks(dets)[0].frames == 12
 
 
-def test_a_crop_without_a_centred_face_is_rejected(monkeypatch):
+@pytest.mark.parametrize("detector", ["haar", "dlib"])
+def test_a_crop_without_a_centred_face_is_rejected(monkeypatch, detector):
     """The detector fires consistently on something that is no face: the re-detection inside the crop
     finds nothing, so the clip is rejected with the reason rather than cropped around it."""
+    from preprocess import face_dlib
+
     rng = np.random.default_rng(0)
     frames = [rng.integers(90, 110, (360, 640, 3), dtype=np.uint8) for _ in range(12)]
-    real = face_pick.detect_scored
+    module = face_pick if detector == "haar" else face_dlib
+    real = module.detect_scored
 
     def fake(frame, detect_height=360):
         if frame.shape[:2] == (360, 640):  # the full frame: a confident phantom box
             return Detections(WALL[None], np.array([9.0]))
         return real(frame, detect_height)  # inside the crop: the real detector
 
-    monkeypatch.setattr(face_pick, "detect_scored", fake)
+    monkeypatch.setattr(module, "detect_scored", fake)
     with pytest.raises(ClipError, match=r"no crop holds a centred face.*0 of 12"):
-        choose_crop_box(frames)
+        choose_crop_box(frames, detector=detector)
 
 
 def test_no_detection_keeps_the_no_face_reason():
@@ -92,9 +96,9 @@ def test_real_clip_with_a_wall_false_positive_in_half_the_frames(actor_08):
     assert off_face >= 5  # the premise: the largest box is the wall in about half the frames
     old = crop_box_from_detections(largest)
     assert abs(old.cx - x) > 0.3 * old.side  # and the old rule cropped the wall
-    prepared = prepare_clip(actor_08, 64)
+    prepared = prepare_clip(actor_08, 64, detector="haar")  # the scenario is Haar's false positive
     box = prepared.box
     assert abs(box.cx - x) < 0.1 * box.side and abs(box.cy - y) < 0.1 * box.side
     assert box.side < 3 * side
-    streamed = prepare_clip(actor_08, 64, memory_budget_bytes=0)  # the long-clip path agrees
+    streamed = prepare_clip(actor_08, 64, memory_budget_bytes=0, detector="haar")  # the long-clip path agrees
     assert streamed.box == box

@@ -92,6 +92,8 @@ def test_small_float_pth_renders_with_auto_emotion_and_the_official_grid(small, 
     s = metrics["settings"]
     assert s["official"] and s["official_grid"] and s["field_evaluations_per_window"] == 2 and s["seed"] == 15
     assert s["config"]["dim_h"] == 64 and s["config"]["audio_input_dim"] == 64
+    assert s["audio_reader"] == "librosa" and s["s3fd"] is None
+    assert "mapped onto S3FD's box" in result.output  # without --s3fd the stand-in detector is named
     item = metrics["items"][0]
     assert isinstance(item["lipsync_generated"], float) and -1 <= item["lipsync_generated"] <= 1
     assert metrics["lipsync_mean"]["lipsync_generated"] == item["lipsync_generated"]
@@ -140,6 +142,32 @@ def test_a_wav2vec2_of_another_width_is_refused(small, face_png, tmp_path):
     result = cli(["sample", small["ckpt"], "--audio", small["audio"], "--image", face_png, "--wav2vec2", other,
                   "--emotion", "sad"])
     assert result.exit_code == 2 and "2 layers x 16 = 32 features" in result.output and "projects 64" in result.output
+
+
+def test_official_audio_is_read_with_librosa_and_a_bad_file_is_one_line(tmp_path):
+    import librosa
+
+    from trainer.sample.media_input import InputError, load_audio
+
+    path = write_wav(tmp_path / "speech22k.wav", speech_like(0.5, 22050), sr=22050)
+    expected, _ = librosa.load(str(path), sr=16000)
+    ours = load_audio(path, reader="librosa")
+    assert ours.dtype == np.float32 and np.array_equal(ours, expected.astype(np.float32))
+    assert not np.array_equal(ours[: len(expected)], load_audio(path)[: len(expected)])  # PyAV resamples otherwise
+    (tmp_path / "noise.wav").write_text("not audio")
+    for bad, reason in ((tmp_path / "noise.wav", "librosa cannot read it"), (tmp_path / "none.wav", "no such file")):
+        with pytest.raises(InputError, match=reason) as info:
+            load_audio(bad, reader="librosa")
+        assert str(bad) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_wrong_s3fd_file_is_refused_before_the_model_loads(small, face_png, tmp_path):
+    wrong = tmp_path / "s3fd.pth"
+    torch.save({"conv1_1.weight": torch.zeros(1)}, wrong)
+    result = cli(["sample", small["ckpt"], "--audio", small["audio"], "--image", face_png, "--wav2vec2", small["w2v"],
+                  "--emotion", "sad", "--s3fd", wrong, "--no-render"])
+    assert result.exit_code == 2 and f"--s3fd {wrong}: not face_alignment's S3FD weights" in result.output
+    assert "Traceback" not in result.output and "official checkpoint" not in result.output
 
 
 def test_bad_emotion_label_lists_the_valid_ones(small, face_png):

@@ -30,6 +30,7 @@ from torch import Tensor
 from float.config import SAMPLES_PER_FRAME, SAMPLING_RATE
 from float.device import resolve_device
 from preprocess.encode import EncoderSetupError
+from preprocess.face_pick import detector_kind
 from preprocess.manifest_encoders import build_audio_encoder, build_motion_autoencoder
 from preprocess.media import frame_energy, source_waveform
 from shards.heldout import pick_split, read_heldout_clips
@@ -89,7 +90,10 @@ def _new_item(o: SampleOptions, manifest: dict, waveform: np.ndarray, emotion: s
               no_reference: np.ndarray, log) -> Item:
     """The user's audio and portrait, encoded exactly as the training shards were."""
     size = int(manifest.get("input_size") or 0)
-    reference = load_reference_image(o.image, size, crop=o.crop, warn=log)  # before the slow audio encoder
+    shard_crop = manifest.get("crop") or {}
+    # The portrait is cropped by the detector the training clips were cropped with (Haar for older shards).
+    detector = detector_kind(shard_crop.get("detector")) if shard_crop.get("mode") == "auto" else None
+    reference = load_reference_image(o.image, size, crop=o.crop, warn=log, detector=detector)  # before the slow audio encoder
     spf = SAMPLES_PER_FRAME
     frames = -(-len(waveform) // spf)
     wave = np.zeros(frames * spf, np.float32)
@@ -279,6 +283,9 @@ def _run_sample(o: SampleOptions, log: Callable[[str], None]) -> SampleResult:
                           "give neither to sample held-out clips of the shards")
     if o.clips < 1 or o.render_batch < 1:
         raise SampleError("--clips and --render-batch must be at least 1")
+    if o.s3fd is not None:
+        raise SampleError("--s3fd crops the portrait as the official code does, for the official float.pth; a "
+                          "training checkpoint's portrait is cropped by the detector its shards were made with")
     waveform = load_audio(o.audio) if o.audio is not None else None  # fail fast, before loading models
     if o.image is not None and not Path(o.image).is_file():
         raise InputError(f"image {o.image}: no such file")
@@ -354,11 +361,15 @@ def sample(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     render: bool = typer.Option(True, "--render/--no-render", help="Render video (needs the motion decoder)."),
     render_batch: int = typer.Option(16, help="Frames per motion-decoder pass."),
+    s3fd: Optional[Path] = typer.Option(None, help="float.pth only: face_alignment's S3FD weights "
+                                                   "(s3fd-619a316812.pth) to crop the portrait with the official "
+                                                   "detector; without it dlib (or Haar) stands in, mapped onto S3FD's "
+                                                   "box."),
 ) -> None:
     """Generate motion with a checkpoint: held-out clips by default, or --audio with --image; render and plot."""
     options = SampleOptions(checkpoint, audio, image, out, data_root, split, clips, emotion, ser, wav2vec2,
                             float_ckpt, not no_crop, a_cfg, e_cfg, nfe, solver, seed, ema, device, render,
-                            render_batch, official_grid)
+                            render_batch, official_grid, s3fd)
     try:
         run_sample(options, log=lambda m: print(m, flush=True))
     except (SampleError, InputError) as e:

@@ -1,9 +1,10 @@
 """User inputs for `floatctl sample`: a speech file, a reference portrait and the emotion.
 
 Audio: wav / mp3 / flac, or the audio track of a video, decoded with PyAV
-(preprocess.media.decode_audio) to 16 kHz mono float32. Image: any size and
+(preprocess.media.decode_audio) to 16 kHz mono float32, as training audio is; for the
+official float.pth with librosa.load, as the official inference reads it. Image: any size and
 format OpenCV reads, face-cropped the way the shard stage crops clips
-(preprocess.face: Haar detector at 360p, official 1.6x framing, black padding)
+(preprocess.face_pick: dlib, or Haar without it, at 360p; official 1.6x framing, black padding)
 or, with ``crop=False``, only resized as the official ``--no_crop`` does.
 
 Every refusal is an ``InputError`` whose message names the file and the reason.
@@ -17,7 +18,7 @@ import cv2
 import numpy as np
 
 from float.config import EMOTIONS, SAMPLES_PER_FRAME, SAMPLING_RATE
-from preprocess.face import crop_box_from_detections, crop_frame, detect_face, resize_frame
+from preprocess.face import crop_frame, resize_frame
 from preprocess.media import ClipError, decode_audio
 from trainer.errors import SampleError
 
@@ -31,17 +32,22 @@ class InputError(ValueError):
 
 
 def load_audio(path: str | Path, sr: int = SAMPLING_RATE, samples_per_frame: int = SAMPLES_PER_FRAME,
-               silence_peak: float = SILENCE_PEAK) -> np.ndarray:
+               silence_peak: float = SILENCE_PEAK, reader: str = "pyav") -> np.ndarray:
     """The first audio track of ``path`` as float32 mono at ``sr`` Hz.
 
-    Raises InputError when the file is missing or unreadable, has no audio,
+    ``reader``: "pyav" (preprocess.media.decode_audio, as the shard stage reads training audio) or
+    "librosa" (``librosa.load(path, sr=sr)``, as the official FLOAT inference reads its audio; used for an
+    official float.pth). Raises InputError when the file is missing or unreadable, has no audio,
     is shorter than one video frame, or is silent.
     """
     path = Path(path)
-    try:
-        audio = decode_audio(str(path), sr=sr)
-    except ClipError as e:
-        raise InputError(f"audio {path}: {e.reason}") from None
+    if reader == "librosa":
+        audio = _librosa_load(path, sr)
+    else:
+        try:
+            audio = decode_audio(str(path), sr=sr)
+        except ClipError as e:
+            raise InputError(f"audio {path}: {e.reason}") from None
     if len(audio) < samples_per_frame:
         raise InputError(f"audio {path}: {len(audio)} samples ({1000 * len(audio) / sr:.0f} ms) at {sr} Hz is "
                          f"shorter than one video frame ({samples_per_frame} samples, "
@@ -53,6 +59,25 @@ def load_audio(path: str | Path, sr: int = SAMPLING_RATE, samples_per_frame: int
         raise InputError(f"audio {path}: the audio is silent (peak amplitude {peak:.1e}); "
                          "give speech to drive the motion")
     return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _librosa_load(path: Path, sr: int) -> np.ndarray:
+    """``librosa.load(path, sr=sr)`` (mono, librosa's default resampler), its failures as one InputError line."""
+    if not path.is_file():
+        raise InputError(f"audio {path}: no such file")
+    try:
+        import librosa
+    except ImportError as e:
+        raise InputError(f"audio {path}: librosa is needed to read audio as the official code does ({e}); "
+                         "pip install librosa") from None
+    try:
+        audio, _ = librosa.load(str(path), sr=sr)
+    except Exception as e:  # soundfile, audioread and the resampler raise many kinds; the file is the cause
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise InputError(f"audio {path}: librosa cannot read it ({type(e).__name__}: {detail})") from None
+    if audio.ndim != 1 or len(audio) == 0:
+        raise InputError(f"audio {path}: no audio samples")
+    return audio
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -67,20 +92,25 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def crop_face(image: np.ndarray, size: int, source: str = "image") -> np.ndarray:
-    """The face crop of one image at size x size, framed like the shard stage's clip crop."""
-    box = detect_face(image)
+def crop_face(image: np.ndarray, size: int, source: str = "image", detector: str | None = None) -> np.ndarray:
+    """The face crop of one image at size x size, framed like the shard stage's clip crop.
+
+    ``detector``: dlib or haar; None: the shard stage's default (dlib when installed, else Haar)."""
+    from preprocess.face_pick import default_detector, image_crop_box
+
+    box = image_crop_box(image, detector or default_detector())
     if box is None:
         raise InputError(f"image {source}: no face detected (pass --no-crop if it is already a face crop)")
-    return crop_frame(image, crop_box_from_detections([box]), size)
+    return crop_frame(image, box, size)
 
 
 def load_reference_image(path: str | Path, size: int, crop: bool = True,
-                         warn: Callable[[str], None] = print) -> np.ndarray:
-    """The reference portrait as (size, size, 3) uint8 RGB, face-cropped unless ``crop`` is False."""
+                         warn: Callable[[str], None] = print, detector: str | None = None) -> np.ndarray:
+    """The reference portrait as (size, size, 3) uint8 RGB, face-cropped (by ``detector``, see crop_face)
+    unless ``crop`` is False."""
     image = read_image(path)
     if crop:
-        return crop_face(image, size, str(path))
+        return crop_face(image, size, str(path), detector)
     h, w = image.shape[:2]
     if abs(h - w) > 0.02 * max(h, w):
         # The official --no_crop also stretches; say so, the face will look squashed.

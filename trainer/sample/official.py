@@ -3,9 +3,11 @@
 The official generate.py, step by step, and what is done here:
   image   face detector on a 360p copy, square crop of 1.6x the face box padded with black, resized with
           INTER_AREA when the image is taller than 360 px (else INTER_CUBIC), then to the input size with
-          INTER_AREA; ``--no-crop``: INTER_AREA resize only. Here the detector is OpenCV's Haar cascade mapped
-          onto the SFD box (preprocess/face.py; SFD needs a download), the rest as the official code.
-  audio   16 kHz mono, normalised to zero mean and unit variance over the whole clip, T = ceil(25 s) frames,
+          INTER_AREA; ``--no-crop``: INTER_AREA resize only. With ``--s3fd FILE`` (face_alignment's
+          s3fd-619a316812.pth) the detector is S3FD as there (preprocess/s3fd.py: same network, decode, NMS,
+          thresholds, first box over 0.95, integer box arithmetic); without it dlib's landmark box (Haar when
+          dlib is not installed) mapped onto the SFD box (preprocess/face_dlib.py), and the log says so.
+  audio   read with ``librosa.load(path, sr=16000)`` as there; 16 kHz mono, normalised to zero mean and unit variance over the whole clip, T = ceil(25 s) frames,
           replicate-padded to T * 640 samples, wav2vec2 features of every layer at T frames, projected.
   emotion a label is one-hot; without one (``--emotion auto``, the default here as there) the speech-emotion
           model's probabilities for the whole normalised clip.
@@ -14,9 +16,9 @@ The official generate.py, step by step, and what is done here:
           ``--official-grid``: Euler on linspace(0, 1, nfe) with the noise re-seeded before each window.
   video   frame t decoded from appearance + motion t with the reference's feature maps, 25 fps, the audio
           muxed as AAC.
-Differences that remain: the face detector (above); the audio is decoded by PyAV, not librosa (another
-resampler when the file is not 16 kHz); the muxed audio is the 16 kHz waveform cut to the video's length
-(official: the original file, whole); pixels are rounded to 8 bits (official: truncated).
+Differences that remain: without ``--s3fd``, the face detector (above; its box is calibrated to S3FD's,
+within a few percent); the muxed audio is the 16 kHz waveform cut to the video's length (official: the
+original file, whole); pixels are rounded to 8 bits (official: truncated).
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ from float.config import SAMPLING_RATE
 from float.device import resolve_device
 from float.emotion_encoder import EmotionEncoder
 from float.official_model import OfficialModel, is_official_state, load_official_model
-from preprocess.face import crop_box_from_detections, crop_frame, detect_face
+from preprocess.errors import PreprocessError
+from preprocess.face import crop_frame
 from trainer.checkpoints import default_output_dir
 from trainer.errors import SampleError
 from trainer.sample.generate import generate, save_latents
@@ -69,14 +72,36 @@ def official_state(path: Path) -> dict | None:
     return obj if is_official_state(obj) else None
 
 
-def official_reference(path: Path, size: int, crop: bool = True) -> np.ndarray:
+def official_crop_box(image: np.ndarray, path: Path, s3fd: Path | None = None, log: Callable[[str], None] = print):
+    """The official crop's square of ``image``: S3FD's when its weights are given, else the better installed
+    detector's (dlib, else Haar) mapped onto S3FD's box; the log names which. InputError when no face is found."""
+    from preprocess.face_pick import default_detector, image_crop_box
+
+    if s3fd is not None:
+        from preprocess.s3fd import cached_s3fd, official_crop_box as s3fd_box
+
+        try:
+            square = s3fd_box(cached_s3fd(str(s3fd)), image)
+        except PreprocessError as e:
+            raise SampleError(str(e)) from None
+        log(f"face crop: S3FD ({s3fd}), as the official code")
+        found = "S3FD finds no face scoring over 0.95"
+    else:
+        kind = default_detector()
+        square = image_crop_box(image, kind, DETECT_HEIGHT)
+        log(f"face crop: {kind} mapped onto S3FD's box (S3FD itself with --s3fd s3fd-619a316812.pth)")
+        found = "no face detected"
+    if square is None:
+        raise InputError(f"image {path}: {found} (pass --no-crop if it is already a face crop)")
+    return square
+
+
+def official_reference(path: Path, size: int, crop: bool = True, s3fd: Path | None = None,
+                       log: Callable[[str], None] = print) -> np.ndarray:
     """The (size, size, 3) uint8 reference the official DataProcessor makes of an image."""
     image = read_image(path)
     if crop:
-        box = detect_face(image, DETECT_HEIGHT)
-        if box is None:
-            raise InputError(f"image {path}: no face detected (pass --no-crop if it is already a face crop)")
-        square = crop_box_from_detections([box])
+        square = official_crop_box(image, path, s3fd, log)
         region = crop_frame(image, square, square.side)  # black outside the image, not resized yet
         shrink = image.shape[0] > DETECT_HEIGHT  # the official rule: by image height, not by crop size
         image = cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
@@ -132,9 +157,16 @@ def run_official_sample(o: SampleOptions, state: dict, log: Callable[[str], None
         raise SampleError("--float-ckpt: the official float.pth given as the checkpoint already holds the motion "
                           "auto-encoder")
     emotion = parse_emotion(o.emotion) or "auto"
-    waveform = load_audio(o.audio)  # fail fast, before loading the models
+    waveform = load_audio(o.audio, reader="librosa")  # as the official code reads it; fail fast, before the models
     if not Path(o.image).is_file():
         raise InputError(f"image {o.image}: no such file")
+    if o.s3fd is not None and o.crop:
+        from preprocess.s3fd import cached_s3fd
+
+        try:
+            cached_s3fd(str(o.s3fd))  # a wrong file is refused before the slow model loads
+        except PreprocessError as e:
+            raise SampleError(str(e)) from None
     try:
         device = resolve_device(o.device)
         official = load_official_model(state, str(o.checkpoint))
@@ -147,7 +179,7 @@ def run_official_sample(o: SampleOptions, state: dict, log: Callable[[str], None
     if official.ignored:
         log(f"note: {len(official.ignored)} other keys ignored, e.g. {official.ignored[:3]}")
     audio_model, ser = _folders(o, official, emotion, log)
-    reference = official_reference(Path(o.image), cfg.input_size, crop=o.crop)
+    reference = official_reference(Path(o.image), cfg.input_size, crop=o.crop, s3fd=o.s3fd, log=log)
     model, autoencoder = official.model.to(device), official.autoencoder.to(device)
     audio_model, ser = audio_model.to(device), ser.to(device) if ser is not None else None
 
@@ -175,7 +207,8 @@ def run_official_sample(o: SampleOptions, state: dict, log: Callable[[str], None
     name = f"{Path(o.audio).stem}-{Path(o.image).stem}"
     settings = {"checkpoint": str(o.checkpoint), "official": True, "official_grid": o.official_grid, "nfe": o.nfe,
                 "field_evaluations_per_window": steps, "solver": o.solver, "a_cfg": o.a_cfg, "e_cfg": o.e_cfg,
-                "r_cfg": 1.0, "seed": seed, "emotion": emotion, "crop": o.crop, "config": cfg.to_dict()}
+                "r_cfg": 1.0, "seed": seed, "emotion": emotion, "crop": o.crop, "config": cfg.to_dict(),
+                "s3fd": str(o.s3fd) if o.s3fd is not None and o.crop else None, "audio_reader": "librosa"}
     result = SampleResult(out)
     result.files["latents"] = [str(save_latents(out / f"{name}.motion.pt", {
         "motion": gen.motion, "ref_motion": ref.motion[0].cpu(), "emotion": torch.from_numpy(we), "name": name,

@@ -30,6 +30,7 @@ class SampleOptions:
     render: bool = True
     render_batch: int = 16
     official_grid: bool = False
+    s3fd: Path | None = None  # face_alignment's S3FD weights: the official crop of the portrait (float.pth only)
 
 
 @dataclass
