@@ -3,7 +3,7 @@
 The stage-1 workflow: write crops once (the normal shard stage does, by
 default), train the motion auto-encoder on them (``floatctl train-motion``),
 then re-encode latents with it: ``floatctl shards --from-crops data/shards-crops
---motion-ckpt runs/motion/last.pt --out data/shards-stage1``. No video decode and
+--motion-ckpt runs/motion --out data/shards-stage1``. No video decode and
 no face detection: each crop sample's JPEG frames go through the motion encoder
 and its stored 16 kHz audio through the usual audio encoder (log-mel, or the
 wav2vec2 folder), so the audio features are bit-identical to the ones the

@@ -15,7 +15,8 @@ from float.model import FloatMotionModel
 from float.motion_autoencoder import MotionAutoEncoder
 from float.motion_checkpoint import MOTION_CKPT_KIND, load_motion_checkpoint
 from shards.files import atomic_write_bytes
-from trainer.checkpoints import CHECKPOINT_VERSION, Log, latest_checkpoint, load_sampling_model
+from float.checkpoint_names import pick_checkpoint
+from trainer.checkpoints import CHECKPOINT_VERSION, Log, load_sampling_model
 from trainer.errors import SampleError, exit_with_error
 
 
@@ -123,9 +124,9 @@ def export(
 ) -> None:
     """FMT checkpoint: write fmt.* and audio_encoder.audio_projection.* (+ motion_autoencoder.*) under the
     official names. Stage-1 checkpoint: write a slim one (EMA weights, config, step) for --motion-ckpt."""
-    if checkpoint.is_dir():  # a run folder: its latest checkpoint
+    if checkpoint.is_dir():  # a run folder: its final checkpoint, else its newest (said which)
         try:
-            checkpoint = latest_checkpoint(checkpoint)
+            checkpoint = pick_checkpoint(checkpoint, "checkpoint", lambda m: print(m, flush=True))
         except CheckpointError as e:
             exit_with_error(str(e))
             return

@@ -18,6 +18,7 @@ import torch
 import json
 
 from float.config import SAMPLES_PER_FRAME
+from float.safe_load import safe_torch_load
 from preprocess.encode import EncoderSetupError
 from preprocess.manifest_encoders import build_motion_autoencoder
 from preprocess.media import source_waveform
@@ -73,7 +74,7 @@ class SampleRenderer:
         autoencoder = self._autoencoder()
         if autoencoder is None:
             return
-        record = torch.load(path, map_location="cpu", weights_only=True)
+        record = safe_torch_load(path, label="motion samples ")  # the one loader (float/safe_load.py)
         keys = list(record.get("keys") or [])
         images = self._reference_images(keys)
         folder = Path(path).with_suffix("")
