@@ -27,16 +27,15 @@ OFFICIAL_PREFIXES = PARTS[:2]
 SKIPPED_MARKER = "wav2vec2"
 
 
-def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The flat tensor state dict of an official-format checkpoint."""
-    obj = safe_torch_load(path)
+def load_official_state_dict(path: str | Path, label: str = "", takes: str = "") -> dict[str, Tensor]:
+    """The flat tensor state dict of an official-format checkpoint; CheckpointError (one line: ``label`` + the
+    file, what it is instead, ``takes``) for anything else, e.g. one of our training checkpoints."""
+    obj = safe_torch_load(path, label=label, takes=takes)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj:
-        raise CheckpointError(f"{path}: not a state dict (found {type(obj).__name__})")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
-    if bad:
-        raise CheckpointError(f"{path}: not a tensor state dict; non-tensor entries: {bad[:5]}")
+    if (not isinstance(obj, dict) or not obj or "kind" in obj
+            or any(not isinstance(k, str) or not isinstance(v, Tensor) for k, v in obj.items())):
+        raise wrong_kind(path, obj, label, takes or "an official FLOAT state dict (float.pth) was expected")
     return obj
 
 

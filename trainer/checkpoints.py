@@ -33,7 +33,7 @@ from float.model import FloatMotionModel
 from float.motion_checkpoint import MOTION_CKPT_KIND
 from shards.mix import parse_data_root
 from shards.sources import check_compatible, manifest_location, read_manifest_at
-from shards.files import atomic_write_bytes, remove_stale_temporaries  # noqa: F401  (loop.py writes through it)
+from shards.files import atomic_write_bytes, remove_stale_temporaries, writing
 from trainer.errors import SampleError
 
 CHECKPOINT_VERSION = 1
@@ -84,7 +84,8 @@ def write_latest_pointer(ckpt_dir: Path, name: str) -> None:
 def save_checkpoint(ckpt_dir: str | Path, state: dict, step: int, keep: int = 3) -> Path:
     """Save ``state`` as checkpoint_step_<step>.pt, point ``latest`` at it, keep the newest ``keep`` (0 = all)."""
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with writing(ckpt_dir / LATEST):
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(ckpt_dir)
     path = ckpt_dir / step_filename(step)
     atomic_write_bytes(path, lambda f: torch.save(state, f))
@@ -98,7 +99,8 @@ def save_checkpoint(ckpt_dir: str | Path, state: dict, step: int, keep: int = 3)
 
 def save_final(ckpt_dir: str | Path, state: dict) -> Path:
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with writing(ckpt_dir / LATEST):
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / final_filename(int(state["step"]))
     atomic_write_bytes(path, lambda f: torch.save(state, f))
     write_latest_pointer(ckpt_dir, path.name)
@@ -109,7 +111,8 @@ def save_best(ckpt_dir: str | Path, state: dict) -> Path:
     """The best validated state as best_step_<step>.pt, replacing the previous best (``latest`` is untouched:
     training resumes from the newest state, not the best)."""
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with writing(ckpt_dir / LATEST):
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"best_step_{int(state['step'])}.pt"
     atomic_write_bytes(path, lambda f: torch.save(state, f))
     for old in ckpt_dir.iterdir():

@@ -44,6 +44,7 @@ from trainer.media_input import InputError, emotion_name, emotion_vector, load_a
 from trainer.plot import frame_energy, plot_motion
 from trainer.render import encode_reference, render_motion, write_mp4
 from trainer.sample_command import SampleOptions, SampleResult
+from shards.files import atomic_write_text  # the one writer: a full disk is one StorageError line
 
 OFFICIAL_SEED = 15  # the official options' --seed default
 DETECT_HEIGHT = 360  # the official crop picks its resize filter by the image height against this
@@ -201,7 +202,7 @@ def run_official_sample(o: SampleOptions, state: dict, log: Callable[[str], None
                       "decoder": {"source": str(o.checkpoint), "random": False, "available": True},
                       **mean_lipsync([entry])}
     metrics = out / "metrics.json"
-    metrics.write_text(json.dumps(result.metrics, indent=2) + "\n")
+    atomic_write_text(metrics, json.dumps(result.metrics, indent=2) + "\n")
     result.files["metrics"] = [str(metrics)]
     log(f"outputs in {out}:")
     for kind in ("video", "plot", "latents", "metrics"):

@@ -42,6 +42,7 @@ from trainer.media_input import (EMOTION_CHOICES, InputError, emotion_name, emot
                                  load_reference_image, parse_emotion)
 from trainer.plot import feature_energy, frame_energy, plot_motion
 from trainer.render import encode_reference, render_motion, side_by_side, write_mp4
+from shards.files import atomic_write_text  # the one writer: a full disk is one StorageError line
 
 AUDIO_GAIN_EVIDENT = 1.05  # error without audio / error with audio above which the audio clearly helps
 RANDOM_DECODER_NOTE = (
@@ -346,7 +347,7 @@ def _run_sample(o: SampleOptions, log: Callable[[str], None]) -> SampleResult:
     entries = [_sample_item(s, item, log) for item in items]
     s.result.metrics = _summary(s, entries, device, log)
     metrics_path = out / "metrics.json"
-    metrics_path.write_text(json.dumps(s.result.metrics, indent=2) + "\n")
+    atomic_write_text(metrics_path, json.dumps(s.result.metrics, indent=2) + "\n")
     s.add_file("metrics", metrics_path)
     log(f"outputs in {out}:")
     for kind in ("video", "side_by_side", "plot", "latents", "metrics"):

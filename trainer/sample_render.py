@@ -28,6 +28,7 @@ from shards.remote import join_location
 from shards.tar import iter_tar_samples
 from trainer.lipsync import clip_lipsync, mean_lipsync
 from trainer.render import encode_reference, render_motion, side_by_side, write_mp4
+from shards.files import atomic_write_text  # the one writer: a full disk is one StorageError line
 
 
 class SampleRenderer:
@@ -95,7 +96,7 @@ class SampleRenderer:
                 scores.append(entry)
         if scores:
             summary = {"step": record.get("step"), "clips": scores, **mean_lipsync(scores)}
-            (folder / "lipsync.json").write_text(json.dumps(summary, indent=2))
+            atomic_write_text(folder / "lipsync.json", json.dumps(summary, indent=2))
 
     def _window_audio(self, key: str, start: int | None, frames: int):
         """The window's 16 kHz audio from the clip's source file (None when it cannot be had)."""

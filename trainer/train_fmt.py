@@ -154,6 +154,9 @@ def _model_config(s: TrainSettings, preset: str, manifest: dict) -> FloatConfig:
         raise TrainingError(f"model config: {e}") from None
 
 
+INIT_TAKES = "--init takes the official float.pth (to resume a run of floatctl train, use --resume)"
+
+
 def _expected_motion_fingerprint(s: TrainSettings, resumed, manifest: dict, warn) -> tuple[str | None, dict | None]:
     """(fingerprint the shards' motion encoder must have, the official state dict when --init is given)."""
     if resumed is not None:
@@ -162,10 +165,10 @@ def _expected_motion_fingerprint(s: TrainSettings, resumed, manifest: dict, warn
         return None, None
     # Fine-tuning needs latents from the checkpoint's own motion encoder.
     try:
-        official = load_official_state_dict(s.init)
+        official = load_official_state_dict(s.init, "--init ", INIT_TAKES)
         expected = official_motion_fingerprint(official, int(manifest.get("input_size", 0)), s.init)
     except CheckpointError as e:
-        raise TrainingError(f"--init: {e}") from None
+        raise TrainingError(str(e)) from None
     if expected is None:
         warn(f"warning: --init {s.init} holds no motion_autoencoder.* weights: cannot check that the shards "
              f"were encoded with its motion encoder")
@@ -195,6 +198,7 @@ def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rec
     device = info.device
     preset = s.preset or setup.default_preset(device)
     run_dir = Path(s.out or f"runs/float-{preset}")
+    setup.check_out_writable(run_dir, info)
     sets = read_shard_sets(s.data_root)
     manifest = sets.manifest()
     cfg = _model_config(s, preset, manifest)
