@@ -36,7 +36,9 @@ def describe_weights(obj) -> str:
     """What a loaded weight file is, in words: "an FMT training checkpoint (floatctl train)", ..."""
     if isinstance(obj, dict):
         kind = obj.get("kind")
-        if all(k in obj for k in _TRAINING_KEYS) or kind in (FMT_CHECKPOINT_KIND, MOTION_CHECKPOINT_KIND):
+        looks_trained = "model" in obj and ("step" in obj or "config" in obj)  # older or hand-made ones
+        if all(k in obj for k in _TRAINING_KEYS) or looks_trained or kind in (FMT_CHECKPOINT_KIND,
+                                                                              MOTION_CHECKPOINT_KIND):
             if kind == MOTION_CHECKPOINT_KIND:
                 return "a stage-1 motion auto-encoder checkpoint (floatctl train-motion)"
             return "an FMT training checkpoint (floatctl train)"

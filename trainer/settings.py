@@ -71,6 +71,10 @@ class CommonSettings:
                              "row (0: never); the best checkpoint is kept as best_step_N.pt and named.")
     wandb: bool = opt(False, "Also log to Weights & Biases (optional package; offline unless WANDB_MODE is set).",
                       "--wandb")
+    accept_damaged_shards: bool = opt(
+        False, "Train on a local shard folder although some shards differ from its manifest (cut short, "
+               "replaced): the clips lost are counted and printed. Without it such a folder is refused at start-up.",
+        "--accept-damaged-shards")
 
     def __post_init__(self) -> None:
         # Callers (tests, benchmarks, an older config.json) may give one root as a plain string.

@@ -23,6 +23,7 @@ from shards.remote import is_url
 from shards.sources import check_compatible, manifest_dims, manifest_location, shard_urls
 from shards.validation import ValWindows
 from shards.stats import motion_statistics
+from shards.integrity import check_shard_folder
 from shards.tar import ShardError, check_local_shards
 from shards.windows import WindowSpec
 from trainer import run as setup
@@ -57,6 +58,15 @@ def read_shard_sets(data_root: list[str] | str) -> ShardSets:
         return open_shard_sets(data_root)
     except (OSError, ValueError) as e:
         raise TrainingError(str(e)) from None
+
+
+def check_local_folders(sets: ShardSets, accept: bool, warn) -> int:
+    """Every local shard folder of the run against its manifest (shards/integrity.py); clips lost."""
+    lost = 0
+    for root, manifest in zip(sets.roots, sets.manifests):
+        if Path(root.location).is_dir():
+            lost += check_shard_folder(root.location, manifest, ("train", "val"), accept, warn=warn)
+    return lost
 
 
 def read_shard_manifest(data_root: list[str] | str) -> dict:
@@ -200,6 +210,7 @@ def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rec
     run_dir = Path(s.out or f"runs/float-{preset}")
     setup.check_out_writable(run_dir, info)
     sets = read_shard_sets(s.data_root)
+    check_local_folders(sets, s.accept_damaged_shards, print if info.is_main else (lambda message: None))
     manifest = sets.manifest()
     cfg = _model_config(s, preset, manifest)
     resumed = setup.resume_point(s.resume, run_dir / "checkpoints", FMT_KIND, info)

@@ -22,7 +22,8 @@ from float.model import count_parameters
 from float.motion_autoencoder import MotionAutoEncoder
 from float.motion_training import MotionLossWeights, discriminator_losses, generator_losses, prepare_for_training
 from float.perceptual import PerceptualWeightsError, build_perceptual
-from shards.crops import crop_shard_urls, read_crop_manifest
+from shards.crops import CROP_ONLY_MEMBERS, crop_shard_urls, read_crop_manifest
+from shards.integrity import check_shard_folder
 from shards.manifest import ManifestError
 from shards.pairs import ValPairs, make_pair_loader
 from shards.remote import is_url
@@ -184,12 +185,16 @@ def _crop_root(s: MotionSettings) -> str:
     return root
 
 
-def _read_crops(s: MotionSettings) -> tuple[dict, list[str]]:
+def _read_crops(s: MotionSettings, warn=print) -> tuple[dict, list[str]]:
+    """The crop manifest and train shards; a folder whose shards differ from the manifest is refused
+    (DamagedShardsError) unless --accept-damaged-shards."""
     try:
         manifest = read_crop_manifest(_crop_root(s))
-        return manifest, crop_shard_urls(_crop_root(s), "train", manifest)
+        urls = crop_shard_urls(_crop_root(s), "train", manifest)
     except (ManifestError, OSError, ValueError) as e:
         raise TrainingError(str(e)) from None
+    check_shard_folder(_crop_root(s), manifest, ("train", "val"), s.accept_damaged_shards, CROP_ONLY_MEMBERS, warn)
+    return manifest, urls
 
 
 def _model_config(s: MotionSettings, preset: str, manifest: dict) -> FloatConfig:
@@ -221,7 +226,7 @@ def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
     preset = s.preset or setup.default_preset(device)
     run_dir = Path(s.out or f"runs/motion-{preset}")
     setup.check_out_writable(run_dir, info)
-    manifest, train_urls = _read_crops(s)
+    manifest, train_urls = _read_crops(s, print if info.is_main else (lambda message: None))
     cfg = _model_config(s, preset, manifest)
     resumed = setup.resume_point(s.resume, run_dir / "checkpoints", MOTION_KIND, info)
     if resumed is not None:
