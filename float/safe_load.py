@@ -42,16 +42,15 @@ def describe_weights(obj) -> str:
             if kind == MOTION_CHECKPOINT_KIND:
                 return "a stage-1 motion auto-encoder checkpoint (floatctl train-motion)"
             return "an FMT training checkpoint (floatctl train)"
-        keys = [k for k in obj if isinstance(k, str)]
-        if isinstance(obj.get("state_dict"), dict):
-            keys = [k for k in obj["state_dict"] if isinstance(k, str)]
+        flat = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj
+        keys = [k for k in flat if isinstance(k, str)]
+        if not keys or not all(isinstance(v, Tensor) for v in flat.values()):
+            return f"a dict with keys {[str(k) for k in list(obj)[:4]]} (not all tensors)"
         if any(k.startswith(("fmt.", "motion_autoencoder.", "audio_encoder.")) for k in keys):
             return "an official FLOAT state dict (float.pth layout)"
         if any(k.startswith("features.") for k in keys):
             return "a torchvision VGG-style state dict"
-        if keys and all(isinstance(v, Tensor) for v in obj.values()):
-            return f"a state dict of {len(keys)} tensors (keys like {keys[:2]})"
-        return f"a dict with keys {[str(k) for k in list(obj)[:4]]}"
+        return f"a state dict of {len(keys)} tensors (keys like {keys[:2]})"
     if isinstance(obj, Tensor):
         return f"a single tensor of shape {tuple(obj.shape)}"
     return f"a {type(obj).__name__}"
