@@ -57,9 +57,10 @@ def export_official(checkpoint: str | Path, out: str | Path, use_ema: bool = Tru
     copied = 0
     if float_ckpt is not None:
         try:
-            official = load_official_state_dict(float_ckpt)
+            official = load_official_state_dict(float_ckpt, "--float-ckpt ", "--float-ckpt takes the official "
+                                                "float.pth (a stage-1 checkpoint goes to --motion-ckpt)")
         except CheckpointError as e:
-            raise SampleError(f"--float-ckpt: {e}") from None
+            raise SampleError(str(e)) from None
         motion = {MOTION_AUTOENCODER + k: v for k, v in motion_autoencoder_state(official).items()}
         if not motion:
             raise SampleError(f"--float-ckpt {float_ckpt}: no motion_autoencoder.* keys; not an official float.pth")
@@ -90,7 +91,7 @@ def stage1_official_state(path: str | Path) -> tuple[dict[str, torch.Tensor], Mo
     try:
         model, _, _ = load_motion_checkpoint(path)
     except CheckpointError as e:
-        raise SampleError(f"--motion-ckpt: {e}") from None
+        raise SampleError(str(e) if str(e).startswith("--motion-ckpt") else f"--motion-ckpt {e}") from None
     return {MOTION_AUTOENCODER + k: v for k, v in model.state_dict().items()}, model
 
 
