@@ -28,6 +28,7 @@ from preprocess.splits import part_of
 from shards.crops import CROP_MEMBERS, CROP_ONLY_MEMBERS, CropClip, CropSampleError, crop_shard_urls, \
     read_crop_manifest
 from shards.errors import ManifestError, ShardError
+from shards.files import check_writable
 from shards.format import SPLITS
 from shards.manifest import fingerprint_inputs, settings_fingerprint
 from shards.tar import iter_tar_samples
@@ -65,6 +66,7 @@ def run_from_crops(s, log: Callable[[str], None]):
     input_size = crops["input_size"]
     if s.input_size is not None and s.input_size != input_size:
         raise PipelineError(f"--input-size {s.input_size}: the crops in {folder} are {input_size} px")
+    check_writable(s.out, "--out")  # a read-only or full --out: one StorageError line before any work
     try:
         encoder = build_encoder(input_size, s.audio_features, s.wav2vec2, s.ser, s.float_ckpt, s.device, s.seed,
                                 s.batch_size, log=log, ae_width=cfg.ae_width, motion_ckpt=s.motion_ckpt)

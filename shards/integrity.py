@@ -29,11 +29,12 @@ ACCEPT_FLAG = "--accept-damaged-shards"
 
 @dataclass
 class ShardDamage:
-    name: str
+    path: Path
     size: int  # bytes on disk (-1: missing)
     expected_size: int  # bytes the manifest gives
     whole: int  # samples still readable in full
     expected: int  # samples the manifest gives
+    problem: str = ""  # e.g. "not a tar file (...)" when nothing in it is a shard
 
     @property
     def lost(self) -> int:
@@ -41,19 +42,21 @@ class ShardDamage:
 
     def __str__(self) -> str:
         on_disk = "missing" if self.size < 0 else f"{self.size} bytes"
-        return (f"{self.name}: {on_disk}, manifest says {self.expected_size} "
-                f"({self.whole} of {self.expected} clips readable)")
+        problem = f"; {self.problem}" if self.problem else ""
+        return (f"{self.path}: {on_disk}, manifest says {self.expected_size} "
+                f"({self.whole} of {self.expected} clips readable{problem})")
 
 
-def readable_samples(path: Path, known_members: Collection[str] = KNOWN_MEMBERS) -> int:
-    """Samples of a (possibly cut-short) tar that are whole: what the lenient training reader would yield."""
+def readable_samples(path: Path, known_members: Collection[str] = KNOWN_MEMBERS) -> tuple[int, str]:
+    """(samples of a possibly cut-short tar that are whole, as the lenient training reader would yield them;
+    why none are, when the file is no shard at all)."""
     quiet = logging.getLogger("shards.tar")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the cut is reported by our caller, once
     try:
-        return sum(1 for _ in iter_tar_samples(path, read=(), known_members=known_members))
-    except (ShardError, OSError):
-        return 0
+        return sum(1 for _ in iter_tar_samples(path, read=(), known_members=known_members)), ""
+    except (ShardError, OSError) as e:
+        return 0, str(e).replace(f"{path}: ", "")
     finally:
         quiet.setLevel(level)
 
@@ -70,8 +73,8 @@ def damaged_shards(folder: str | Path, manifest: dict, splits: Collection[str],
             size = path.stat().st_size if path.is_file() else -1
             if size == int(shard["bytes"]):
                 continue
-            whole = readable_samples(path, known_members) if size > 0 else 0
-            found.append(ShardDamage(shard["name"], size, int(shard["bytes"]), whole, int(shard["samples"])))
+            whole, problem = readable_samples(path, known_members) if size > 0 else (0, "")
+            found.append(ShardDamage(path, size, int(shard["bytes"]), whole, int(shard["samples"]), problem))
     return found, total
 
 

@@ -144,6 +144,13 @@ def test_a_read_only_out_is_refused_before_any_work(stage, crops, latents, mount
     assert f"floatctl {stage}:" not in output  # stopped before the run started
 
 
+def test_the_shard_stage_refuses_a_read_only_out_in_one_line(crops, mounts):
+    ro = mounts("ro", "1m", read_only=True)
+    code, output = floatctl("shards", "--from-crops", crops, "--out", ro.folder / "latents")
+    line = one_error_line(output)
+    assert code == 1 and "--out" in line and "read-only file system" in line
+
+
 def test_the_shard_writer_and_atomic_writes_leave_nothing_on_a_full_disk(mounts):
     from shards.errors import StorageError
     from shards.files import atomic_write_bytes

@@ -338,7 +338,7 @@ def _run_sample(o: SampleOptions, log: Callable[[str], None]) -> SampleResult:
             if emotion == "auto" else None
         items = _heldout_items(o, manifest, folder, emotion, encoder, log)
 
-    out = Path(o.out) if o.out else default_output_dir(sm.checkpoint)  # a run folder: its latest checkpoint
+    out = Path(o.out) if o.out else default_output_dir(sm.checkpoint)  # a run folder: the checkpoint it named
     out.mkdir(parents=True, exist_ok=True)
     settings = {"nfe": o.nfe, "solver": o.solver, "a_cfg": o.a_cfg, "e_cfg": o.e_cfg, "seed": o.seed,
                 "weights": sm.weights, "step": sm.step, "checkpoint": str(sm.checkpoint)}
@@ -359,7 +359,7 @@ def _run_sample(o: SampleOptions, log: Callable[[str], None]) -> SampleResult:
 
 
 def sample(
-    checkpoint: Path = typer.Argument(..., help="Training checkpoint (runs/NAME/checkpoints/final_step_N.pt), a run folder (its latest checkpoint) or the official float.pth (with --audio, --image, --wav2vec2, --ser)."),
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (runs/NAME/checkpoints/final_step_N.pt), a run folder (its final checkpoint, else its newest; says which) or the official float.pth (with --audio, --image, --wav2vec2, --ser)."),
     audio: Optional[Path] = typer.Option(None, help="New speech: wav, mp3, flac, or a video's audio track "
                                                     "(with --image)."),
     image: Optional[Path] = typer.Option(None, help="New reference portrait of any size (with --audio)."),

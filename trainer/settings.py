@@ -63,7 +63,8 @@ class CommonSettings:
     sample_step: int = opt(5000, "Save and render samples of val data every N steps (0: never).")
     save_step: int = opt(1000, "Checkpoint every N steps (0: only the final one).")
     keep: int = opt(3, "Periodic checkpoints to keep (0: all).")
-    resume: Optional[str] = opt(None, "'auto': newest good checkpoint of --out (fresh if none); or a path.")
+    resume: Optional[str] = opt(None, "'auto': newest good checkpoint of --out (fresh if none); or a checkpoint "
+                                      "file or run folder (its final checkpoint, else its newest).")
     max_nonfinite: int = opt(20, "Stop after this many non-finite losses in a row.")
     progress: Optional[bool] = opt(None, "tqdm bar (default: on a terminal).", "--progress/--no-progress")
     tensorboard: bool = opt(True, "Write TensorBoard curves.", cli=False)
@@ -255,7 +256,8 @@ class MotionSettings(CommonSettings):
     hard_pairs: float = opt(0.5, "Share of pairs whose driving frame is the one of 8 candidates farthest from the "
                                  "source (measured: a closed mouth learns to open only with them; 0: all uniform).")
     init: Optional[str] = opt(None, "Start from an official float.pth's motion_autoencoder.* (full width) or a "
-                                    "stage-1 checkpoint's EMA weights.")
+                                    "stage-1 checkpoint's EMA weights (a file, or a run folder: its final "
+                                    "checkpoint, else its newest).")
     shuffle_buffer: int = opt(256, "Pairs in the shuffle buffer.", cli=False)
     val_clips: int = opt(16, "Val clips to validate on.", cli=False)
     val_pairs_per_clip: int = opt(4, "Pairs per val clip.", cli=False)
