@@ -35,7 +35,17 @@ _register()
 
 
 def main() -> None:
-    app()
+    """floatctl; a file that cannot be written (full disk, read-only folder) ends any command with one line
+    naming the file, the free space and the reason, and exit code 1 (shards/files.py StorageError)."""
+    import sys
+
+    from shards.errors import StorageError
+
+    try:
+        app()
+    except StorageError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

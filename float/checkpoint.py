@@ -1,20 +1,23 @@
 """The official ``float.pth``: safe loading, a per-part key report, its motion auto-encoder, and the
 official names of our model's weights (export).
 
-Only ``torch.load(..., weights_only=True)`` is used: a pickle that would run
-code is refused by the unpickler and never executed. The official loader skips
+Files are read with float/safe_load.py's ``safe_torch_load`` (``weights_only=True``): a pickle that
+would run code is refused by the unpickler and never executed. The official loader skips
 the wav2vec2 weights (they come from the Hugging Face folders); so do we.
-CheckpointError is the float package's one error class for unusable weight files.
+CheckpointError (float/safe_load.py) is the float package's one error class for unusable weight files.
 """
 from __future__ import annotations
 
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from float.hf_checkpoint import state_fingerprint
+# The safe loader and its error live in float/safe_load.py (no import loop with hf_checkpoint);
+# re-exported here because callers import them from float.checkpoint.
+from float.safe_load import CheckpointError, safe_torch_load, wrong_kind  # noqa: F401
 
 # Parts of the official model, by key prefix. wav2vec2 weights are skipped.
 MOTION_AUTOENCODER = "motion_autoencoder."
@@ -24,47 +27,15 @@ OFFICIAL_PREFIXES = PARTS[:2]
 SKIPPED_MARKER = "wav2vec2"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used, with the file and the reason in the message."""
-
-
-def safe_torch_load(path: str | Path, label: str = "", mmap: bool = False):
-    """torch.load restricted to tensors and plain containers; CheckpointError (``label`` + path + why) otherwise.
-
-    The one torch.load of the project for files a user hands in: official float.pth,
-    training checkpoints (label "checkpoint "), Hugging Face pytorch_model.bin. ``mmap`` maps the
-    tensors instead of reading them (zip-format files only): cheap for a look at the keys of a large file.
-    """
-    path = Path(path)
-    where = f"{label}{path}"
-    if not path.is_file():
-        raise CheckpointError(f"{where}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
-            raise CheckpointError(
-                f"{where}: refused: it holds pickled objects other than tensors and plain containers "
-                f"(weights_only loading; a pickle could run code on load, nothing in it was executed). "
-                f"Detail: {detail}") from None
-        raise CheckpointError(f"{where}: unreadable pickle (truncated or corrupt): {detail}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        detail = str(e).splitlines()[0] if str(e) else ""
-        raise CheckpointError(f"{where}: unreadable checkpoint, the file is truncated or corrupt, or not a torch "
-                              f"file ({type(e).__name__}: {detail})") from None
-
-
-def load_official_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The flat tensor state dict of an official-format checkpoint."""
-    obj = safe_torch_load(path)
+def load_official_state_dict(path: str | Path, label: str = "", takes: str = "") -> dict[str, Tensor]:
+    """The flat tensor state dict of an official-format checkpoint; CheckpointError (one line: ``label`` + the
+    file, what it is instead, ``takes``) for anything else, e.g. one of our training checkpoints."""
+    obj = safe_torch_load(path, label=label, takes=takes)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj:
-        raise CheckpointError(f"{path}: not a state dict (found {type(obj).__name__})")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
-    if bad:
-        raise CheckpointError(f"{path}: not a tensor state dict; non-tensor entries: {bad[:5]}")
+    if (not isinstance(obj, dict) or not obj or "kind" in obj
+            or any(not isinstance(k, str) or not isinstance(v, Tensor) for k, v in obj.items())):
+        raise wrong_kind(path, obj, label, takes or "an official FLOAT state dict (float.pth) was expected")
     return obj
 
 
@@ -167,8 +138,6 @@ def load_exactly(module: nn.Module, state: dict[str, Tensor], refusal: str) -> N
 def official_motion_fingerprint(state: dict[str, Tensor], size: int, source: str | Path = "float.pth") -> str | None:
     """Fingerprint of the motion auto-encoder in an official state dict, computed as the shard stage
     computes it (so it compares with a manifest's); None when the file has none."""
-    from float.hf_checkpoint import state_fingerprint
-
     if not motion_autoencoder_state(state):
         return None
     return state_fingerprint(official_motion_autoencoder(state, size, source))

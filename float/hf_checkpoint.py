@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torchaudio.models import Wav2Vec2Model, wav2vec2_model
 
-from float.checkpoint import CheckpointError, safe_torch_load
+from float.safe_load import CheckpointError, safe_torch_load
 
 SAFETENSORS = "model.safetensors"
 PYTORCH_BIN = "pytorch_model.bin"

@@ -11,41 +11,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from float.checkpoint import CheckpointError, safe_torch_load
+from float.checkpoint_names import pick_checkpoint
 from float.config import FloatConfig
 from float.hf_checkpoint import state_fingerprint
 from float.motion_autoencoder import MotionAutoEncoder
+from float.safe_load import CheckpointError, safe_torch_load, wrong_kind
 
 MOTION_CKPT_KIND = "motion_autoencoder"
+TAKES = "it takes a stage-1 checkpoint of `floatctl train-motion` (a .pt file or its run folder)"
 
 
-def _what_it_is(obj: dict) -> str:
-    """A guess at what a wrong-kind checkpoint is, to make the refusal useful."""
-    kind = obj.get("kind")
-    if kind is not None:
-        return f"a checkpoint of kind {kind!r}"
-    if any(isinstance(k, str) and k.startswith("motion_autoencoder.") for k in obj):
-        return "an official-format float.pth (use --float-ckpt for it)"
-    if "fmt" in obj or "model" in obj:
-        return "an FMT training checkpoint"
-    return f"a dict with keys {sorted(map(str, obj))[:6]}"
-
-
-def load_motion_checkpoint(path: str | Path) -> tuple[MotionAutoEncoder, dict, FloatConfig]:
+def load_motion_checkpoint(path: str | Path, log=print) -> tuple[MotionAutoEncoder, dict, FloatConfig]:
     """(frozen MotionAutoEncoder on CPU in eval mode, manifest info, the checkpoint's config).
 
-    Raises CheckpointError naming the file for: a missing file, a file that is not a torch
-    checkpoint, a checkpoint of another kind, or weights that do not fit the recorded config.
+    ``path`` may be a run folder (``log`` hears which checkpoint was chosen). Raises CheckpointError naming
+    the file for: a missing file, a file that is not a torch checkpoint (or a pickle that would run code),
+    a checkpoint of another kind (saying which kind), or weights that do not fit the recorded config.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file (expected a stage-1 checkpoint written by "
-                              "`floatctl train-motion`)")
-    obj = safe_torch_load(path)
+    path = pick_checkpoint(path, log=log)  # a run folder: its final checkpoint, else its newest
+    obj = safe_torch_load(path, takes=TAKES)
     if not isinstance(obj, dict) or obj.get("kind") != MOTION_CKPT_KIND:
-        what = _what_it_is(obj) if isinstance(obj, dict) else f"a {type(obj).__name__}"
-        raise CheckpointError(f"{path}: not a stage-1 motion auto-encoder checkpoint (kind "
-                              f"{MOTION_CKPT_KIND!r}); it is {what}")
+        raise wrong_kind(path, obj, takes=TAKES)
     try:
         cfg = FloatConfig.from_dict(obj["config"])
     except (KeyError, TypeError, ValueError) as e:

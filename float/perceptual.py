@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from float.safe_load import CheckpointError, safe_torch_load, wrong_kind
+
 # torchvision's vgg19 ``features``: conv channels, "M" = 2x2 max pool. Every conv
 # is followed by a ReLU, so each conv takes two indices and each pool one.
 VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
@@ -37,8 +39,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class PerceptualWeightsError(ValueError):
-    """A weights file that is not a torchvision VGG19 state dict."""
+class PerceptualWeightsError(CheckpointError):
+    """A weights file that is not a torchvision VGG19 state dict (a CheckpointError: one line, file and reason)."""
+
+
+VGG19_TAKES = "--perceptual-weights takes torchvision's vgg19 state dict (torch.save(vgg19(weights=...).state_dict()))"
 
 
 def vgg19_feature_shapes() -> list[tuple[str, tuple[int, ...]]]:
@@ -93,17 +98,12 @@ def load_vgg19_features(path: str | os.PathLike) -> VGG19Features:
     or only ``features.*``. Anything else is refused with ``PerceptualWeightsError``.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"VGG19 weights file not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in several types
-        raise PerceptualWeightsError(
-            f"{path}: cannot be read as a torch state dict ({type(exc).__name__}: {exc})") from exc
+        state = safe_torch_load(path, label="--perceptual-weights ", takes=VGG19_TAKES)
+    except CheckpointError as exc:
+        raise PerceptualWeightsError(str(exc)) from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise PerceptualWeightsError(
-            f"{path}: not a state dict (expected a dict of tensors from "
-            f"torch.save(torchvision.models.vgg19().state_dict()), got {type(state).__name__})")
+        raise PerceptualWeightsError(str(wrong_kind(path, state, "--perceptual-weights ", VGG19_TAKES)))
     features = {k: v for k, v in state.items() if isinstance(k, str) and k.startswith("features.")}
     expected = vgg19_feature_shapes()
     for name, shape in expected:

@@ -106,7 +106,7 @@ def shards(
         help="Write the latent shards from this crop shard folder instead of videos: no decoding or face "
              "detection; audio features from the stored 16 kHz audio; same splits and member format.")] = None,
     motion_ckpt: Annotated[Optional[Path], typer.Option(
-        help="Stage-1 checkpoint of `floatctl train-motion`: its (EMA) motion auto-encoder encodes the "
+        help="Stage-1 checkpoint of `floatctl train-motion`, or its run folder (its final checkpoint, else its newest): its (EMA) motion auto-encoder encodes the "
              "latents; the manifest records its path and fingerprint. Usually with --from-crops.")] = None,
 ) -> None:
     """Turn RAVDESS, a folder of talking-head clips, or the built-in synthetic set into WebDataset shards.
@@ -119,7 +119,7 @@ def shards(
     from preprocess.output import merge_part_outputs
     from preprocess.pipeline import run_shards
     from preprocess.settings import ShardSettings
-    from shards.errors import ManifestError
+    from shards.errors import ManifestError, StorageError
 
     if merge:
         from preprocess.crop_stage import default_crops_out
@@ -149,6 +149,9 @@ def shards(
     except PipelineError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
+    except StorageError as e:  # a full disk or read-only --out: finished shards stay, the open one is dropped
+        typer.echo(f"error: {e}; rerun the same command once there is room: it resumes", err=True)
+        raise typer.Exit(1)
     raise typer.Exit(summary.exit_code)
 
 

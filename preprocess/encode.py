@@ -194,6 +194,9 @@ def resolve_audio_kind(audio_features: str, wav2vec2: Path | None) -> str:
     return audio_features
 
 
+FLOAT_CKPT_TAKES = "--float-ckpt takes the official float.pth (a stage-1 checkpoint goes to --motion-ckpt)"
+
+
 def load_motion_encoder(size: int, float_ckpt: Path | None, seed: int, width: float = 1.0,
                         motion_ckpt: Path | None = None) -> tuple[torch.nn.Module, dict]:
     """The frozen motion encoder: official weights (full width), a stage-1 checkpoint of
@@ -212,9 +215,9 @@ def load_motion_encoder(size: int, float_ckpt: Path | None, seed: int, width: fl
         from float.checkpoint import CheckpointError, load_official_state_dict, official_motion_autoencoder
 
         try:
-            state = load_official_state_dict(float_ckpt)
+            state = load_official_state_dict(float_ckpt, "--float-ckpt ", FLOAT_CKPT_TAKES)
         except CheckpointError as e:
-            raise EncoderSetupError(f"--float-ckpt: {e}") from e
+            raise EncoderSetupError(str(e)) from None
         width = 1.0  # the official checkpoint is full width
         try:
             model = official_motion_autoencoder(state, size, f"--float-ckpt {float_ckpt}")

@@ -3,7 +3,7 @@
 The stage-1 workflow: write crops once (the normal shard stage does, by
 default), train the motion auto-encoder on them (``floatctl train-motion``),
 then re-encode latents with it: ``floatctl shards --from-crops data/shards-crops
---motion-ckpt runs/motion/last.pt --out data/shards-stage1``. No video decode and
+--motion-ckpt runs/motion --out data/shards-stage1``. No video decode and
 no face detection: each crop sample's JPEG frames go through the motion encoder
 and its stored 16 kHz audio through the usual audio encoder (log-mel, or the
 wav2vec2 folder), so the audio features are bit-identical to the ones the
@@ -28,6 +28,7 @@ from preprocess.splits import part_of
 from shards.crops import CROP_MEMBERS, CROP_ONLY_MEMBERS, CropClip, CropSampleError, crop_shard_urls, \
     read_crop_manifest
 from shards.errors import ManifestError, ShardError
+from shards.files import check_writable
 from shards.format import SPLITS
 from shards.manifest import fingerprint_inputs, settings_fingerprint
 from shards.tar import iter_tar_samples
@@ -65,6 +66,7 @@ def run_from_crops(s, log: Callable[[str], None]):
     input_size = crops["input_size"]
     if s.input_size is not None and s.input_size != input_size:
         raise PipelineError(f"--input-size {s.input_size}: the crops in {folder} are {input_size} px")
+    check_writable(s.out, "--out")  # a read-only or full --out: one StorageError line before any work
     try:
         encoder = build_encoder(input_size, s.audio_features, s.wav2vec2, s.ser, s.float_ckpt, s.device, s.seed,
                                 s.batch_size, log=log, ae_width=cfg.ae_width, motion_ckpt=s.motion_ckpt)

@@ -199,6 +199,7 @@ def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummar
     clip is decoded; rejected clips go to errors.jsonl and the run goes on."""
     from preprocess.discover import discover, flat_folder_warning, looks_like_ravdess
     from preprocess.encode import build_encoder
+    from shards.files import check_writable
 
     t0 = time.time()
     if s.from_crops is not None:
@@ -208,6 +209,7 @@ def run_shards(s: ShardSettings, log: Callable[[str], None] = _log) -> RunSummar
     part, cfg, input_size = check_options(s)
     s = resolve_detector(s, part, log)  # before anything is keyed on it: the manifest and its fingerprint
     root, kind = resolve_input(s, log)
+    check_writable(s.out, "--out")  # a read-only or full --out: one StorageError line before any clip is read
     try:
         sources, rejected = discover(root, kind, tuple(s.vocal_channels), s.speaker_pattern)
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:

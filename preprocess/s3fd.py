@@ -117,7 +117,7 @@ class S3FD(nn.Module):
 def load_s3fd(path: str | Path) -> S3FD:
     """The network with face_alignment's S3FD weights from ``path``; S3fdError (one line, naming the file) when the
     file is missing, not a safe torch file, or not S3FD's state dict (missing, extra or misshaped tensors)."""
-    from float.checkpoint import CheckpointError, safe_torch_load
+    from float.safe_load import CheckpointError, safe_torch_load
 
     try:
         state = safe_torch_load(path, label="--s3fd ")

@@ -73,8 +73,8 @@ def check_options(s: ShardSettings):
     part = parse_part(s.part)
     if s.motion_ckpt is not None and s.float_ckpt is not None:
         raise PipelineError("--motion-ckpt and --float-ckpt both give the motion encoder: pass one")
-    if s.motion_ckpt is not None and not Path(s.motion_ckpt).is_file():
-        raise PipelineError(f"--motion-ckpt {s.motion_ckpt}: no such file")
+    if s.motion_ckpt is not None and not Path(s.motion_ckpt).exists():
+        raise PipelineError(f"--motion-ckpt {s.motion_ckpt}: no such file or run folder")
     try:
         check_weight_paths(s.float_ckpt, s.wav2vec2, s.ser)  # first: the issue asks for this before any work
         resolve_audio_kind(s.audio_features, s.wav2vec2)

@@ -207,10 +207,13 @@ class TrainWindows(IterableDataset):
                 counter[0] += 1
                 self.skipped += 1
                 self._failed_in_a_row += 1
-                log.warning("%s: unreadable after %d tries (%s); skipping the rest of this shard", url, attempt, e)
+                log.warning("%s: unreadable after %d tries (%s); skipping the rest of this shard (%d clips read "
+                            "from it before the failure; %d skipped so far in this stream: corrupt clips, one per shard cut off)", url, attempt, e,
+                            used, self.skipped)
                 if self._failed_in_a_row >= self.max_failed_reads:
                     raise RuntimeError(f"{self._failed_in_a_row} shard reads in a row failed every retry, the "
-                                       f"last {url} ({e}): is the shard storage reachable?") from None
+                                       f"last {url} ({e}); {self.skipped} skipped so far in this stream (corrupt "
+                                       f"clips, one per shard cut off): is the shard storage reachable?") from None
                 return
 
     def _decoded(self, url: str, key: str, members: dict, counter: list, quiet: bool) -> Clip | None:

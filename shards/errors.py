@@ -11,6 +11,10 @@ The specific classes stay because callers treat them differently:
   malformed). Fatal where it is raised for a file the run was told to read.
 - ``ManifestError``: a manifest is missing, unreadable or inconsistent. Fatal: the
   folder's table of contents cannot be trusted.
+- ``StorageError``: a file could not be written (full disk, read-only file system, no
+  permission, quota); raised by the one writer, shards/files.py. Fatal, exit code 1.
+- ``DamagedShardsError``: local shards that differ from their manifest (size, early end);
+  refused at a run's start unless the run accepts a damaged set knowingly.
 
 All are ``ValueError`` (as each was before the base existed).
 """
@@ -35,3 +39,11 @@ class CorruptSample(ShardsError):
 
 class CropSampleError(CorruptSample):
     """A crop sample that cannot be used; the message says why (the caller adds shard and key)."""
+
+
+class StorageError(ShardsError):
+    """A file could not be written: names the folder, its free space, the file and the reason (one line)."""
+
+
+class DamagedShardsError(ShardsError):
+    """Local shards that differ from their manifest; the message names each and both sizes."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from shards.files import replace_durably
+from shards.files import replace_durably, writing
 from shards.format import SPLITS
 
 TMP_SUFFIX = ".tmp"
@@ -131,7 +131,12 @@ class ShardWriter:
 
     # -- public -------------------------------------------------------------
     def add(self, key: str, members: dict[str, bytes]) -> None:
-        """Append one sample: ``members`` maps suffix (e.g. "motion.npy") to bytes."""
+        """Append one sample: ``members`` maps suffix (e.g. "motion.npy") to bytes (StorageError when the
+        disk is full or the folder read-only: the unfinished shard keeps its temporary name)."""
+        with writing(self.folder / (shard_name(self.split, self.next_index) + TMP_SUFFIX)):
+            self._add(key, members)
+
+    def _add(self, key: str, members: dict[str, bytes]) -> None:
         check_key(key)
         if not members:
             raise ValueError(f"sample {key!r} has no members")
@@ -156,7 +161,8 @@ class ShardWriter:
     def close(self) -> list[ShardInfo]:
         """Finish the open shard (if any); returns every shard this writer completed."""
         if self._tar is not None:
-            self._finish()
+            with writing(self.folder / (self._name + TMP_SUFFIX)):
+                self._finish()
         return self.completed
 
     def abort(self) -> None:
@@ -165,6 +171,8 @@ class ShardWriter:
             tmp = self.folder / (self._name + TMP_SUFFIX)
             try:
                 self._raw.close()
+            except OSError:
+                pass  # a full disk: the unfinished shard is deleted below anyway
             finally:
                 self._tar = None
                 tmp.unlink(missing_ok=True)

@@ -160,10 +160,10 @@ def test_bad_checkpoints_and_folders_are_refused(normal_run, tmp_path):
         load_motion_checkpoint(tmp_path / "junk.pt")
     fmt = tmp_path / "fmt.pt"
     torch.save({"step": 5, "model": {"w": torch.zeros(1)}, "config": {}}, fmt)
-    with pytest.raises(CheckpointError, match=r"fmt\.pt: not a stage-1 motion auto-encoder checkpoint .* an FMT"):
+    with pytest.raises(CheckpointError, match=r"fmt\.pt is an FMT training checkpoint .*takes a stage-1 checkpoint"):
         load_motion_checkpoint(fmt)
     torch.save({"kind": "fmt", "model": {}}, fmt)
-    with pytest.raises(PipelineError, match=r"fmt\.pt: not a stage-1 .*kind 'fmt'"):
+    with pytest.raises(PipelineError, match=r"--motion-ckpt .*fmt\.pt is an FMT training checkpoint"):
         run_shards(settings(from_crops=crops, out=tmp_path / "x", motion_ckpt=fmt), **quiet)
     wrong_size = write_stage1_checkpoint(tmp_path / "big.pt", size=64)
     with pytest.raises(PipelineError, match=r"big\.pt: a 64px motion auto-encoder, but the crops are 32px"):

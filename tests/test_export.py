@@ -105,7 +105,8 @@ def test_export_bad_inputs(checkpoint, tmp_path):
     plain = tmp_path / "plain.pth"
     torch.save({"fmt.x": torch.zeros(1)}, plain)
     result = cli([plain, tmp_path / "x.pth"])
-    assert result.exit_code == 2 and "not a training checkpoint" in result.output
+    assert result.exit_code == 2 and "is an official FLOAT state dict" in result.output
+    assert "takes an FMT checkpoint" in result.output
     no_motion = tmp_path / "nomotion.pth"
     torch.save({"fmt.x": torch.zeros(1)}, no_motion)
     result = cli([checkpoint["path"], tmp_path / "y.pth", "--float-ckpt", no_motion])
@@ -130,7 +131,8 @@ def test_motion_ckpt_makes_a_complete_file_trained_here(checkpoint, tmp_path):
     both = cli([checkpoint["path"], tmp_path / "x.pth", "--motion-ckpt", stage1, "--float-ckpt", stage1])
     assert both.exit_code == 2 and "not both" in both.output
     wrong = cli([checkpoint["path"], tmp_path / "y.pth", "--motion-ckpt", checkpoint["path"]])
-    assert wrong.exit_code == 2 and "not a stage-1" in wrong.output
+    assert wrong.exit_code == 2 and "is an FMT training checkpoint" in wrong.output
+    assert "takes a stage-1 checkpoint" in wrong.output
 
 
 def test_a_stage1_run_exports_a_slim_checkpoint(tmp_path):

@@ -152,9 +152,9 @@ def test_arbitrary_pickle_is_not_executed(tmp_path):
 
 def test_missing_file_is_reported(tmp_path):
     path = tmp_path / "nowhere" / "vgg19.pth"
-    with pytest.raises(FileNotFoundError, match=str(path)):
+    with pytest.raises(PerceptualWeightsError, match=f"{path}: no such file"):
         load_vgg19_features(path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(PerceptualWeightsError, match="takes torchvision's vgg19"):
         build_perceptual(str(path), "cpu")
 
 

@@ -1,11 +1,9 @@
 """Training checkpoints: atomic writes, a `latest` pointer, rotation, safe loading, and the model of a
 checkpoint (with the shards it was trained on) for sampling and export.
 
-Layout inside ``runs/NAME/checkpoints/`` (the names the seed's README promised):
-  checkpoint_step_1000.pt ...   the last K periodic checkpoints
-  final_step_3000.pt            written when a run completes (an extended run adds another)
-  latest                        text file naming the newest good checkpoint
-Runs written before these names (``step_00001000.pt``, ``final.pt``) still resume and sample.
+Layout inside ``runs/NAME/checkpoints/`` and how a run folder names a checkpoint: float/checkpoint_names.py.
+Every file is written through shards/files.py: a full disk or a read-only folder is a StorageError, and
+the previous checkpoint and ``latest`` stay as they were.
 
 A checkpoint is a dict of tensors and plain Python values only (config and
 settings as dicts, RNG states as tensors/lists), so it loads with
@@ -16,7 +14,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,37 +23,22 @@ import torch
 from torch import Tensor
 
 # CheckpointError: the one class for unusable weight files (float.pth, training checkpoints).
-from float.checkpoint import CheckpointError, load_exactly, safe_torch_load
+from float.checkpoint import CheckpointError, load_exactly, safe_torch_load, wrong_kind
+from float.safe_load import describe_weights
+from float.checkpoint_names import (BEST_NAME, FINAL_NAME, LATEST, LEGACY_FINAL, STEP_NAME,  # noqa: F401
+                                    final_filename, pick_checkpoint, step_filename, step_of_name)
 from float.config import FloatConfig
 from float.model import FloatMotionModel
 from float.motion_checkpoint import MOTION_CKPT_KIND
 from shards.mix import parse_data_root
 from shards.sources import check_compatible, manifest_location, read_manifest_at
-from shards.files import atomic_write_bytes, remove_stale_temporaries  # noqa: F401  (loop.py writes through it)
+from shards.files import atomic_write_bytes, remove_stale_temporaries, writing
 from trainer.errors import SampleError
 
 CHECKPOINT_VERSION = 1
-LATEST = "latest"
-LEGACY_FINAL = "final.pt"  # step unknown from the name: read from the file when needed
-# (periodic?, step) from a file name; the legacy names first came with 8-digit steps
-STEP_NAME = re.compile(r"^(?:checkpoint_step_(\d+)|step_(\d{8}))\.pt$")
-FINAL_NAME = re.compile(r"^final_step_(\d+)\.pt$")
-BEST_NAME = re.compile(r"^best_step_(\d+)\.pt$")  # --early-stop's best weights; never a resume point
 REQUIRED_KEYS = ("version", "step", "model", "config")
-
-
-def step_filename(step: int) -> str:
-    return f"checkpoint_step_{step}.pt"
-
-
-def final_filename(step: int) -> str:
-    return f"final_step_{step}.pt"
-
-
-def step_of_name(name: str) -> int | None:
-    """The step a periodic or final checkpoint's file name carries (None for other files and final.pt)."""
-    m = STEP_NAME.match(name) or FINAL_NAME.match(name)
-    return None if m is None else int(next(g for g in m.groups() if g is not None))
+# What `sample` and `export` take (said by every refusal of theirs).
+FMT_TAKES = "it takes an FMT checkpoint of `floatctl train` (a .pt file or its run folder)"
 
 
 # ---------------------------------------------------------------- RNG states
@@ -101,7 +83,8 @@ def write_latest_pointer(ckpt_dir: Path, name: str) -> None:
 def save_checkpoint(ckpt_dir: str | Path, state: dict, step: int, keep: int = 3) -> Path:
     """Save ``state`` as checkpoint_step_<step>.pt, point ``latest`` at it, keep the newest ``keep`` (0 = all)."""
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with writing(ckpt_dir / LATEST):
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(ckpt_dir)
     path = ckpt_dir / step_filename(step)
     atomic_write_bytes(path, lambda f: torch.save(state, f))
@@ -115,7 +98,8 @@ def save_checkpoint(ckpt_dir: str | Path, state: dict, step: int, keep: int = 3)
 
 def save_final(ckpt_dir: str | Path, state: dict) -> Path:
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with writing(ckpt_dir / LATEST):
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / final_filename(int(state["step"]))
     atomic_write_bytes(path, lambda f: torch.save(state, f))
     write_latest_pointer(ckpt_dir, path.name)
@@ -126,7 +110,8 @@ def save_best(ckpt_dir: str | Path, state: dict) -> Path:
     """The best validated state as best_step_<step>.pt, replacing the previous best (``latest`` is untouched:
     training resumes from the newest state, not the best)."""
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with writing(ckpt_dir / LATEST):
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"best_step_{int(state['step'])}.pt"
     atomic_write_bytes(path, lambda f: torch.save(state, f))
     for old in ckpt_dir.iterdir():
@@ -141,16 +126,14 @@ def best_checkpoint(ckpt_dir: str | Path) -> Path | None:
 
 
 # ---------------------------------------------------------------- reading
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a training checkpoint with weights_only=True; CheckpointError names the file and reason."""
+def load_checkpoint(path: str | Path, takes: str = "") -> dict:
+    """Load a training checkpoint with weights_only=True; CheckpointError names the file, what it is and
+    (``takes``) what the option wants."""
     path = Path(path)
-    state = safe_torch_load(path, label="checkpoint ")
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path}: expected a dict, found {type(state).__name__}")
-    missing = [k for k in REQUIRED_KEYS if k not in state]
-    if missing:
-        raise CheckpointError(f"checkpoint {path}: not a training checkpoint of this trainer "
-                              f"(missing keys {missing}; an official float.pth goes to --init)")
+    state = safe_torch_load(path, label="checkpoint ", takes=takes)
+    if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
+        raise wrong_kind(path, state, "checkpoint ", takes or "it is not a training checkpoint of this trainer "
+                                                           "(an official float.pth goes to --init)")
     if state["version"] != CHECKPOINT_VERSION:
         raise CheckpointError(f"checkpoint {path}: format version {state['version']}, "
                               f"this trainer reads version {CHECKPOINT_VERSION}")
@@ -234,8 +217,8 @@ def resolve_resume(resume: str | None, ckpt_dir: str | Path,
         return None
     if resume == "auto":
         return find_resume_checkpoint(ckpt_dir, warn)
-    path = Path(resume)
-    return path, load_checkpoint(path)
+    path = pick_checkpoint(resume, "--resume", warn)  # a run folder: its final checkpoint, else its newest
+    return path, load_checkpoint(path, takes="--resume takes 'auto', a training checkpoint or its run folder")
 
 
 # ---------------------------------------------------------------- loading for sampling and export
@@ -283,18 +266,17 @@ def load_sampling_model(path: str | Path, use_ema: bool = True, device: str | to
                         log: Log = print) -> SamplingModel:
     """The FloatMotionModel of a training checkpoint (EMA weights by default), in eval mode on ``device``.
 
-    ``path`` may also be a run folder or its checkpoints folder: its latest checkpoint is taken."""
-    path = Path(path)
+    ``path`` may also be a run folder or its checkpoints folder: its final checkpoint, else its newest
+    (``log`` hears which)."""
     try:
-        if path.is_dir():
-            path = latest_checkpoint(path)
-        state = load_checkpoint(path)
+        path = pick_checkpoint(path, "checkpoint", log)
+        state = load_checkpoint(path, takes=FMT_TAKES)
     except CheckpointError as e:
         raise SampleError(str(e)) from None
     if state.get("kind") == MOTION_CKPT_KIND:
-        raise SampleError(f"{path} is a stage-1 motion auto-encoder checkpoint (floatctl train-motion); this "
-                          f"needs an FMT checkpoint (floatctl train). A stage-1 checkpoint encodes latents: "
-                          f"floatctl shards --from-crops ... --motion-ckpt {path}")
+        raise SampleError(f"checkpoint {path} is {describe_weights(state)}; "
+                          f"{FMT_TAKES} (a stage-1 checkpoint encodes latents: floatctl shards --from-crops ... "
+                          f"--motion-ckpt {path})")
     try:
         cfg = FloatConfig.from_dict(state["config"])
     except (TypeError, ValueError) as e:

@@ -7,8 +7,9 @@ GPU (tiny on a CPU), everything else at the defaults printed when the run
 starts. Under ``torchrun`` (WORLD_SIZE > 1) every process runs the command;
 rank 0 logs and saves.
 
-Exit codes: 0 done, 2 bad input (message on stderr), 130 / 143 stopped by
-SIGINT / SIGTERM after saving a checkpoint (``--resume auto`` continues).
+Exit codes: 0 done, 1 a file could not be written (full disk, read-only --out: one line on stderr
+naming the file, the free space and how to resume), 2 bad input (message on stderr), 130 / 143
+stopped by SIGINT / SIGTERM after saving a checkpoint (``--resume auto`` continues).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from trainer.settings import MotionSettings, TrainSettings, typer_command
 def run_stage(train: Callable, settings) -> None:
     """Run a stage's ``train(settings)``, turning known errors into exit code 2 and signals into 130/143."""
     from float.checkpoint import CheckpointError
+    from shards.errors import DamagedShardsError, StorageError
     from shards.tar import ShardError
     from trainer.distributed import cleanup
     from trainer.errors import TrainerError, exit_with_error
@@ -31,7 +33,11 @@ def run_stage(train: Callable, settings) -> None:
 
     try:
         result = train(settings)
-    except (TrainerError, CheckpointError, ShardError, SettingsError, FileNotFoundError, NotADirectoryError) as e:
+    except StorageError as e:  # not bad input: the disk or the folder; exit 1
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise typer.Exit(code=1)
+    except (TrainerError, CheckpointError, ShardError, DamagedShardsError, SettingsError, FileNotFoundError,
+            NotADirectoryError) as e:
         exit_with_error(str(e))
         return
     finally:

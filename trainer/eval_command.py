@@ -17,6 +17,7 @@ import typer
 
 from trainer.errors import TrainerError, exit_with_error
 from trainer.logging import METRICS_FILE
+from shards.files import atomic_write_text  # the one writer: a full disk is one StorageError line
 
 VAL_COLUMNS = ("val_total", "val_current", "val_preceding", "val_velocity", "gen_l1_audio", "gen_l1_no_audio",
                "gen_audio_gain")
@@ -138,8 +139,8 @@ def evaluate(run: Path, max_rows: int = 12) -> tuple[dict, str]:
     """Collect, write RUN/eval.json and RUN/eval.md, return both."""
     result = collect(run)
     markdown = to_markdown(result, max_rows)
-    (Path(run) / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    (Path(run) / "eval.md").write_text(markdown)
+    atomic_write_text(Path(run) / "eval.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(Path(run) / "eval.md", markdown)
     return result, markdown
 
 

@@ -15,7 +15,8 @@ from float.model import FloatMotionModel
 from float.motion_autoencoder import MotionAutoEncoder
 from float.motion_checkpoint import MOTION_CKPT_KIND, load_motion_checkpoint
 from shards.files import atomic_write_bytes
-from trainer.checkpoints import CHECKPOINT_VERSION, Log, latest_checkpoint, load_sampling_model
+from float.checkpoint_names import pick_checkpoint
+from trainer.checkpoints import CHECKPOINT_VERSION, Log, load_sampling_model
 from trainer.errors import SampleError, exit_with_error
 
 
@@ -56,9 +57,10 @@ def export_official(checkpoint: str | Path, out: str | Path, use_ema: bool = Tru
     copied = 0
     if float_ckpt is not None:
         try:
-            official = load_official_state_dict(float_ckpt)
+            official = load_official_state_dict(float_ckpt, "--float-ckpt ", "--float-ckpt takes the official "
+                                                "float.pth (a stage-1 checkpoint goes to --motion-ckpt)")
         except CheckpointError as e:
-            raise SampleError(f"--float-ckpt: {e}") from None
+            raise SampleError(str(e)) from None
         motion = {MOTION_AUTOENCODER + k: v for k, v in motion_autoencoder_state(official).items()}
         if not motion:
             raise SampleError(f"--float-ckpt {float_ckpt}: no motion_autoencoder.* keys; not an official float.pth")
@@ -89,7 +91,7 @@ def stage1_official_state(path: str | Path) -> tuple[dict[str, torch.Tensor], Mo
     try:
         model, _, _ = load_motion_checkpoint(path)
     except CheckpointError as e:
-        raise SampleError(f"--motion-ckpt: {e}") from None
+        raise SampleError(str(e) if str(e).startswith("--motion-ckpt") else f"--motion-ckpt {e}") from None
     return {MOTION_AUTOENCODER + k: v for k, v in model.state_dict().items()}, model
 
 
@@ -123,9 +125,9 @@ def export(
 ) -> None:
     """FMT checkpoint: write fmt.* and audio_encoder.audio_projection.* (+ motion_autoencoder.*) under the
     official names. Stage-1 checkpoint: write a slim one (EMA weights, config, step) for --motion-ckpt."""
-    if checkpoint.is_dir():  # a run folder: its latest checkpoint
+    if checkpoint.is_dir():  # a run folder: its final checkpoint, else its newest (said which)
         try:
-            checkpoint = latest_checkpoint(checkpoint)
+            checkpoint = pick_checkpoint(checkpoint, "checkpoint", lambda m: print(m, flush=True))
         except CheckpointError as e:
             exit_with_error(str(e))
             return

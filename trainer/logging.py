@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from shards.files import writing  # a full disk or a read-only folder: one StorageError line
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tb"
 
@@ -43,12 +45,14 @@ class RunLogger:
         self._wandb = None
         if not enabled:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.run_dir / METRICS_FILE, "a", buffering=1)
+        with writing(self.run_dir / METRICS_FILE):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._jsonl = open(self.run_dir / METRICS_FILE, "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # slow import, only on rank 0
 
-            self._writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR))
+            with writing(self.run_dir / TENSORBOARD_DIR):
+                self._writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR))
         if wandb is not None:
             self._wandb = self._start_wandb(wandb)
         if progress is None:
@@ -88,10 +92,12 @@ class RunLogger:
         self.info(f"[{split}] step {step} | " + " | ".join(f"{k} {_format_value(k, v)}" for k, v in clean.items()))
         # JSON has no NaN/inf: write them as strings so the file stays valid JSON.
         record = {k: (v if isinstance(v, int) or math.isfinite(v) else str(v)) for k, v in clean.items()}
-        self._jsonl.write(json.dumps({"step": step, "split": split, "time": round(time.time(), 3), **record}) + "\n")
+        with writing(self.run_dir / METRICS_FILE):
+            self._jsonl.write(json.dumps({"step": step, "split": split, "time": round(time.time(), 3), **record}) + "\n")
         if self._writer is not None:
-            for k, v in clean.items():
-                self._writer.add_scalar(f"{split}/{k}", v, step)
+            with writing(self.run_dir / TENSORBOARD_DIR / "events"):
+                for k, v in clean.items():
+                    self._writer.add_scalar(f"{split}/{k}", v, step)
         if self._wandb is not None:
             self._wandb.log({f"{split}/{k}": v for k, v in clean.items()}, step=step)
 
@@ -104,18 +110,19 @@ class RunLogger:
             self._bar.set_postfix({k: f"{v:.4f}" for k, v in postfix.items()}, refresh=False)
 
     def close(self) -> None:
+        """Close every output; a write that fails here (a full disk) is not raised: the run is ending, and
+        the error that ended it, if any, is the one to report."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
-        if self._wandb is not None:
-            self._wandb.finish()
-            self._wandb = None
+        for name in ("_writer", "_jsonl", "_wandb"):
+            handle, finish = getattr(self, name), ("finish" if name == "_wandb" else "close")
+            setattr(self, name, None)
+            if handle is not None:
+                try:
+                    getattr(handle, finish)()
+                except OSError:
+                    pass
 
 
 def _wandb_id(run_dir: Path) -> str:

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from shards.errors import StorageError
 from trainer import checkpoints as ckpt
 from trainer.distributed import all_reduce_max, all_reduce_mean, barrier
 from trainer.errors import TrainingError
@@ -175,6 +176,14 @@ class EarlyStop:
                 + (f": {path}" if path is not None else ""))
 
 
+def storage_stop_message(run: Run, step: int, error: StorageError) -> str:
+    """A write failed (full disk, read-only folder): the one line that ends the run, with where it can resume."""
+    good = ckpt.resume_candidates(run.run_dir / "checkpoints")
+    kept = f"the last good checkpoint is {good[0]}" if good else "no checkpoint was saved yet"
+    return (f"{error}; training stopped at step {step}: {kept}; free some space (or fix the folder) and run the "
+            f"same command with --resume auto")
+
+
 def save_best(run: Run, stage, step: int) -> Path | None:
     state = checkpoint_state(run, stage, step)
     path = ckpt.save_best(run.run_dir / "checkpoints", state) if run.info.is_main else None
@@ -273,6 +282,8 @@ def run_loop(run: Run, stage) -> TrainResult:
                 last_val = stage.evaluate(step)
             if early is not None and early.state["best"] is not None:
                 log.info(f"{early.describe(best_checkpoint)}")
+    except StorageError as e:
+        raise StorageError(storage_stop_message(run, step, e)) from None
     finally:
         stop.restore()
         log.close()

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from shards.files import atomic_write_bytes, writing
+
 
 def psnr(images: Tensor, targets: Tensor) -> Tensor:
     """Per-image PSNR in dB of images in [-1, 1], measured in [0, 1] pixel space."""
@@ -28,7 +30,10 @@ def save_pair_grid(path: Path, source: Tensor, driving: Tensor, recon: Tensor) -
 
     rows = [np.concatenate(list(to_uint8_rgb(x)), axis=1) for x in (source, driving, recon)]
     grid = np.concatenate(rows, axis=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
+    ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"{path}: the sample grid could not be encoded as PNG")
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, lambda f: f.write(png.tobytes()))  # the one writer: StorageError on a full disk
     return path

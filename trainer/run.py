@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from float.config import FloatConfig
 from float.motion_checkpoint import MOTION_CKPT_KIND
-from shards.files import atomic_write_bytes
+from shards.files import atomic_write_bytes, check_writable
 from trainer import checkpoints as ckpt
 from trainer.distributed import DistInfo
 from trainer.ema import EMA
@@ -97,6 +97,12 @@ def check_loop_options(s) -> None:
         raise TrainingError(f"--schedule {s.schedule!r}: choose one of {SCHEDULES}")
     if s.steps < 1 or s.batch_size < 1 or s.grad_accum < 1:
         raise TrainingError("--steps, --batch-size and --grad-accum must be at least 1")
+
+
+def check_out_writable(run_dir: Path, info: DistInfo) -> None:
+    """Before any work: --out must take files (StorageError, exit 1, on a read-only or full file system)."""
+    if info.is_main:
+        check_writable(run_dir, "--out")
 
 
 def resume_point(resume: str | None, ckpt_dir: Path, kind: str, info: DistInfo) -> tuple[Path, dict] | None:

@@ -63,7 +63,8 @@ class CommonSettings:
     sample_step: int = opt(5000, "Save and render samples of val data every N steps (0: never).")
     save_step: int = opt(1000, "Checkpoint every N steps (0: only the final one).")
     keep: int = opt(3, "Periodic checkpoints to keep (0: all).")
-    resume: Optional[str] = opt(None, "'auto': newest good checkpoint of --out (fresh if none); or a path.")
+    resume: Optional[str] = opt(None, "'auto': newest good checkpoint of --out (fresh if none); or a checkpoint "
+                                      "file or run folder (its final checkpoint, else its newest).")
     max_nonfinite: int = opt(20, "Stop after this many non-finite losses in a row.")
     progress: Optional[bool] = opt(None, "tqdm bar (default: on a terminal).", "--progress/--no-progress")
     tensorboard: bool = opt(True, "Write TensorBoard curves.", cli=False)
@@ -71,6 +72,10 @@ class CommonSettings:
                              "row (0: never); the best checkpoint is kept as best_step_N.pt and named.")
     wandb: bool = opt(False, "Also log to Weights & Biases (optional package; offline unless WANDB_MODE is set).",
                       "--wandb")
+    accept_damaged_shards: bool = opt(
+        False, "Train on a local shard folder although some shards differ from its manifest (cut short, "
+               "replaced): the clips lost are counted and printed. Without it such a folder is refused at start-up.",
+        "--accept-damaged-shards")
 
     def __post_init__(self) -> None:
         # Callers (tests, benchmarks, an older config.json) may give one root as a plain string.
@@ -251,7 +256,8 @@ class MotionSettings(CommonSettings):
     hard_pairs: float = opt(0.5, "Share of pairs whose driving frame is the one of 8 candidates farthest from the "
                                  "source (measured: a closed mouth learns to open only with them; 0: all uniform).")
     init: Optional[str] = opt(None, "Start from an official float.pth's motion_autoencoder.* (full width) or a "
-                                    "stage-1 checkpoint's EMA weights.")
+                                    "stage-1 checkpoint's EMA weights (a file, or a run folder: its final "
+                                    "checkpoint, else its newest).")
     shuffle_buffer: int = opt(256, "Pairs in the shuffle buffer.", cli=False)
     val_clips: int = opt(16, "Val clips to validate on.", cli=False)
     val_pairs_per_clip: int = opt(4, "Pairs per val clip.", cli=False)

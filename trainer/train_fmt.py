@@ -23,6 +23,7 @@ from shards.remote import is_url
 from shards.sources import check_compatible, manifest_dims, manifest_location, shard_urls
 from shards.validation import ValWindows
 from shards.stats import motion_statistics
+from shards.integrity import check_shard_folder
 from shards.tar import ShardError, check_local_shards
 from shards.windows import WindowSpec
 from trainer import run as setup
@@ -57,6 +58,15 @@ def read_shard_sets(data_root: list[str] | str) -> ShardSets:
         return open_shard_sets(data_root)
     except (OSError, ValueError) as e:
         raise TrainingError(str(e)) from None
+
+
+def check_local_folders(sets: ShardSets, accept: bool, warn) -> int:
+    """Every local shard folder of the run against its manifest (shards/integrity.py); clips lost."""
+    lost = 0
+    for root, manifest in zip(sets.roots, sets.manifests):
+        if Path(root.location).is_dir():
+            lost += check_shard_folder(root.location, manifest, ("train", "val"), accept, warn=warn)
+    return lost
 
 
 def read_shard_manifest(data_root: list[str] | str) -> dict:
@@ -154,6 +164,9 @@ def _model_config(s: TrainSettings, preset: str, manifest: dict) -> FloatConfig:
         raise TrainingError(f"model config: {e}") from None
 
 
+INIT_TAKES = "--init takes the official float.pth (to resume a run of floatctl train, use --resume)"
+
+
 def _expected_motion_fingerprint(s: TrainSettings, resumed, manifest: dict, warn) -> tuple[str | None, dict | None]:
     """(fingerprint the shards' motion encoder must have, the official state dict when --init is given)."""
     if resumed is not None:
@@ -162,10 +175,10 @@ def _expected_motion_fingerprint(s: TrainSettings, resumed, manifest: dict, warn
         return None, None
     # Fine-tuning needs latents from the checkpoint's own motion encoder.
     try:
-        official = load_official_state_dict(s.init)
+        official = load_official_state_dict(s.init, "--init ", INIT_TAKES)
         expected = official_motion_fingerprint(official, int(manifest.get("input_size", 0)), s.init)
     except CheckpointError as e:
-        raise TrainingError(f"--init: {e}") from None
+        raise TrainingError(str(e)) from None
     if expected is None:
         warn(f"warning: --init {s.init} holds no motion_autoencoder.* weights: cannot check that the shards "
              f"were encoded with its motion encoder")
@@ -195,7 +208,9 @@ def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rec
     device = info.device
     preset = s.preset or setup.default_preset(device)
     run_dir = Path(s.out or f"runs/float-{preset}")
+    setup.check_out_writable(run_dir, info)
     sets = read_shard_sets(s.data_root)
+    check_local_folders(sets, s.accept_damaged_shards, print if info.is_main else (lambda message: None))
     manifest = sets.manifest()
     cfg = _model_config(s, preset, manifest)
     resumed = setup.resume_point(s.resume, run_dir / "checkpoints", FMT_KIND, info)

@@ -22,9 +22,11 @@ from float.model import count_parameters
 from float.motion_autoencoder import MotionAutoEncoder
 from float.motion_training import MotionLossWeights, discriminator_losses, generator_losses, prepare_for_training
 from float.perceptual import PerceptualWeightsError, build_perceptual
-from shards.crops import crop_shard_urls, read_crop_manifest
+from shards.crops import CROP_ONLY_MEMBERS, crop_shard_urls, read_crop_manifest
+from shards.integrity import check_shard_folder
 from shards.manifest import ManifestError
 from shards.pairs import ValPairs, make_pair_loader
+from shards.remote import is_url
 from trainer import run as setup
 from trainer.distributed import DistInfo, init_distributed, wrap_ddp
 from trainer.ema import EMA
@@ -46,22 +48,32 @@ def to_unit_range(images: Tensor) -> Tensor:
     return images.float().div_(127.5).sub_(1.0)
 
 
-def load_init_weights(path: str, model: MotionAutoEncoder) -> str:
-    """--init: a stage-1 checkpoint (its EMA weights) or an official float.pth (motion_autoencoder.*)."""
-    from float.checkpoint import CheckpointError, official_motion_autoencoder, safe_torch_load
+INIT_TAKES = ("--init takes a stage-1 checkpoint of floatctl train-motion (a .pt file or its run folder) or the "
+              "official float.pth")
+
+
+def load_init_weights(path: str, model: MotionAutoEncoder, log=print) -> str:
+    """--init: a stage-1 checkpoint (its EMA weights; a run folder gives its final one) or an official
+    float.pth (motion_autoencoder.*); a file of any other kind is refused saying what it is."""
+    from float.checkpoint import CheckpointError, official_motion_autoencoder
+    from float.checkpoint_names import pick_checkpoint
     from float.motion_checkpoint import load_motion_checkpoint
+    from float.safe_load import safe_torch_load, wrong_kind
 
     try:
-        found = safe_torch_load(path, mmap=True)  # mapped: the stage-1 branch loads the file itself
+        path = str(pick_checkpoint(path, "--init", log))
+        found = safe_torch_load(path, label="--init ", mmap=True, takes=INIT_TAKES)  # mapped: a look at the keys
         if isinstance(found, dict) and found.get("kind") == MOTION_KIND:
             source, _, _ = load_motion_checkpoint(path)
             what = "stage-1 checkpoint (EMA weights)"
+        elif not isinstance(found, dict) or "kind" in found or "model" in found:  # an FMT checkpoint, ...
+            raise wrong_kind(path, found, "--init ", INIT_TAKES)
         else:
             source = official_motion_autoencoder(found, model.size, path)
             what = "official motion_autoencoder.*"
         model.load_state_dict(source.state_dict(), strict=True)
-    except (CheckpointError, FileNotFoundError) as e:
-        raise TrainingError(f"--init: {e}") from None
+    except CheckpointError as e:
+        raise TrainingError(str(e) if str(e).startswith("--init") else f"--init {e}") from None
     except RuntimeError as e:
         raise TrainingError(f"--init {path}: the weights do not fit a {model.size}px auto-encoder of width "
                             f"{model.width} ({str(e).splitlines()[0]}); pick the matching --preset / --set") from None
@@ -166,15 +178,23 @@ def _crop_root(s: MotionSettings) -> str:
     """Stage 1 reads one local crop-shard folder (mixing and URLs are for the FMT's latent shards)."""
     if len(s.data_root) != 1:
         raise TrainingError(f"train-motion reads one --data-root, got {len(s.data_root)}: {s.data_root}")
-    return s.data_root[0]
+    root = s.data_root[0]
+    if is_url(root) or root.startswith("pipe:"):
+        raise TrainingError(f"--data-root {root}: train-motion reads a local crop-shard folder; URLs are not "
+                            f"supported for crop shards (copy the folder to local disk and pass its path)")
+    return root
 
 
-def _read_crops(s: MotionSettings) -> tuple[dict, list[str]]:
+def _read_crops(s: MotionSettings, warn=print) -> tuple[dict, list[str]]:
+    """The crop manifest and train shards; a folder whose shards differ from the manifest is refused
+    (DamagedShardsError) unless --accept-damaged-shards."""
     try:
         manifest = read_crop_manifest(_crop_root(s))
-        return manifest, crop_shard_urls(_crop_root(s), "train", manifest)
+        urls = crop_shard_urls(_crop_root(s), "train", manifest)
     except (ManifestError, OSError, ValueError) as e:
         raise TrainingError(str(e)) from None
+    check_shard_folder(_crop_root(s), manifest, ("train", "val"), s.accept_damaged_shards, CROP_ONLY_MEMBERS, warn)
+    return manifest, urls
 
 
 def _model_config(s: MotionSettings, preset: str, manifest: dict) -> FloatConfig:
@@ -205,7 +225,8 @@ def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
     device = info.device
     preset = s.preset or setup.default_preset(device)
     run_dir = Path(s.out or f"runs/motion-{preset}")
-    manifest, train_urls = _read_crops(s)
+    setup.check_out_writable(run_dir, info)
+    manifest, train_urls = _read_crops(s, print if info.is_main else (lambda message: None))
     cfg = _model_config(s, preset, manifest)
     resumed = setup.resume_point(s.resume, run_dir / "checkpoints", MOTION_KIND, info)
     if resumed is not None:
@@ -229,7 +250,7 @@ def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
         if resumed is not None:
             init_note = f"resumed at step {start_step}"
         else:
-            init_note = load_init_weights(s.init, model) if s.init else "from scratch (copy-the-source start)"
+            init_note = load_init_weights(s.init, model, log.info) if s.init else "from scratch (copy-the-source start)"
         schedule = resolve_schedule(s.lr, s.warmup, resumed[1].get("schedule", {}) if resumed else {}, cfg.name,
                                     s.steps, table=MOTION_LR)
         ema = EMA(model, s.ema_decay)

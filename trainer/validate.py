@@ -19,6 +19,7 @@ from torch import nn
 from float.fmt import keep_all_conditions
 from float.loss import LossWeights, rectified_flow_loss
 from float.sampler import generate_motion
+from shards.files import atomic_write_bytes
 
 VAL_T_VALUES = (0.1, 0.3, 0.5, 0.7, 0.9)
 LOSS_KEYS = ("total", "current", "preceding", "velocity")
@@ -122,5 +123,5 @@ def save_motion_samples(model: nn.Module, batch: dict, path: str | Path, step: i
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(record, path)
+    atomic_write_bytes(path, lambda f: torch.save(record, f))  # the one writer: full disk -> StorageError
     return path

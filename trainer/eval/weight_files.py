@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from float.checkpoint import CheckpointError, safe_torch_load
+from float.safe_load import CheckpointError, safe_torch_load
 from trainer.errors import TrainerError
 
 # BatchNorm's step counter: files saved before torch 0.4.1 lack it and torch's own loading accepts that.

@@ -33,16 +33,17 @@ from preprocess.encode import EncoderSetupError
 from preprocess.face_pick import detector_kind
 from preprocess.manifest_encoders import build_audio_encoder, build_motion_autoencoder
 from preprocess.media import frame_energy, source_waveform
+from shards.files import atomic_write_text
 from shards.heldout import pick_split, read_heldout_clips
 from shards.tar import ShardError
 from trainer.checkpoints import default_output_dir, load_manifest, load_sampling_model
 from trainer.errors import SampleError, exit_with_error
-from trainer.sample.generate import generate, motion_errors, save_latents
 from trainer.lipsync import clip_lipsync, face_rate, mean_lipsync
-from trainer.sample.options import SampleOptions, SampleResult
-from trainer.sample.official import official_state, run_official_sample
+from trainer.sample.generate import generate, motion_errors, save_latents
 from trainer.sample.media_input import (EMOTION_CHOICES, InputError, emotion_name, emotion_vector, load_audio,
                                  load_reference_image, parse_emotion)
+from trainer.sample.official import official_state, run_official_sample
+from trainer.sample.options import SampleOptions, SampleResult
 from trainer.sample.plot import feature_energy, plot_motion
 from trainer.sample.render import encode_reference, render_motion, side_by_side, write_mp4
 
@@ -309,7 +310,7 @@ def _run_sample(o: SampleOptions, log: Callable[[str], None]) -> SampleResult:
             if emotion == "auto" else None
         items = _heldout_items(o, manifest, folder, emotion, encoder, log)
 
-    out = Path(o.out) if o.out else default_output_dir(sm.checkpoint)  # a run folder: its latest checkpoint
+    out = Path(o.out) if o.out else default_output_dir(sm.checkpoint)  # a run folder: the checkpoint it named
     out.mkdir(parents=True, exist_ok=True)
     settings = {"nfe": o.nfe, "solver": o.solver, "a_cfg": o.a_cfg, "e_cfg": o.e_cfg, "seed": o.seed,
                 "weights": sm.weights, "step": sm.step, "checkpoint": str(sm.checkpoint)}
@@ -318,7 +319,7 @@ def _run_sample(o: SampleOptions, log: Callable[[str], None]) -> SampleResult:
     entries = [_sample_item(s, item, log) for item in items]
     s.result.metrics = _summary(s, entries, device, log)
     metrics_path = out / "metrics.json"
-    metrics_path.write_text(json.dumps(s.result.metrics, indent=2) + "\n")
+    atomic_write_text(metrics_path, json.dumps(s.result.metrics, indent=2) + "\n")
     s.add_file("metrics", metrics_path)
     log(f"outputs in {out}:")
     for kind in ("video", "side_by_side", "plot", "latents", "metrics"):
@@ -330,7 +331,7 @@ def _run_sample(o: SampleOptions, log: Callable[[str], None]) -> SampleResult:
 
 
 def sample(
-    checkpoint: Path = typer.Argument(..., help="Training checkpoint (runs/NAME/checkpoints/final_step_N.pt), a run folder (its latest checkpoint) or the official float.pth (with --audio, --image, --wav2vec2, --ser)."),
+    checkpoint: Path = typer.Argument(..., help="Training checkpoint (runs/NAME/checkpoints/final_step_N.pt), a run folder (its final checkpoint, else its newest; says which) or the official float.pth (with --audio, --image, --wav2vec2, --ser)."),
     audio: Optional[Path] = typer.Option(None, help="New speech: wav, mp3, flac, or a video's audio track "
                                                     "(with --image)."),
     image: Optional[Path] = typer.Option(None, help="New reference portrait of any size (with --audio)."),

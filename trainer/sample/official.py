@@ -32,22 +32,23 @@ import numpy as np
 import torch
 
 from float.audio_encoder import Wav2Vec2Features, frames_for_samples, normalize_waveform, pad_to_frames
-from float.checkpoint import CheckpointError, safe_torch_load
+from float.safe_load import CheckpointError, safe_torch_load
 from float.config import SAMPLING_RATE
 from float.device import resolve_device
 from float.emotion_encoder import EmotionEncoder
 from float.official_model import OfficialModel, is_official_state, load_official_model
 from preprocess.errors import PreprocessError
 from preprocess.face import crop_frame
+from preprocess.media import frame_energy
+from shards.files import atomic_write_text
 from trainer.checkpoints import default_output_dir
 from trainer.errors import SampleError
-from trainer.sample.generate import generate, save_latents
 from trainer.lipsync import clip_lipsync, mean_lipsync
+from trainer.sample.generate import generate, save_latents
 from trainer.sample.media_input import InputError, emotion_name, emotion_vector, load_audio, parse_emotion, read_image
-from preprocess.media import frame_energy
+from trainer.sample.options import SampleOptions, SampleResult
 from trainer.sample.plot import plot_motion
 from trainer.sample.render import encode_reference, render_motion, write_mp4
-from trainer.sample.options import SampleOptions, SampleResult
 
 OFFICIAL_SEED = 15  # the official options' --seed default
 DETECT_HEIGHT = 360  # the official crop picks its resize filter by the image height against this
@@ -235,7 +236,7 @@ def run_official_sample(o: SampleOptions, state: dict, log: Callable[[str], None
                       "decoder": {"source": str(o.checkpoint), "random": False, "available": True},
                       **mean_lipsync([entry])}
     metrics = out / "metrics.json"
-    metrics.write_text(json.dumps(result.metrics, indent=2) + "\n")
+    atomic_write_text(metrics, json.dumps(result.metrics, indent=2) + "\n")
     result.files["metrics"] = [str(metrics)]
     log(f"outputs in {out}:")
     for kind in ("video", "plot", "latents", "metrics"):

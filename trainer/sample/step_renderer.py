@@ -18,12 +18,14 @@ import torch
 import json
 
 from float.config import SAMPLES_PER_FRAME
+from float.safe_load import safe_torch_load
 from preprocess.encode import EncoderSetupError
 from preprocess.manifest_encoders import build_motion_autoencoder
 from preprocess.media import source_waveform
+from shards.files import atomic_write_text
 from shards.format import META, REFERENCE
-from shards.sample import decode_reference, read_meta
 from shards.remote import join_location
+from shards.sample import decode_reference, read_meta
 from shards.tar import iter_tar_samples
 from trainer.lipsync import clip_lipsync, mean_lipsync
 from trainer.sample.render import encode_reference, render_motion, side_by_side, write_mp4
@@ -73,7 +75,7 @@ class SampleRenderer:
         autoencoder = self._autoencoder()
         if autoencoder is None:
             return
-        record = torch.load(path, map_location="cpu", weights_only=True)
+        record = safe_torch_load(path, label="motion samples ")  # the one loader (float/safe_load.py)
         keys = list(record.get("keys") or [])
         images = self._reference_images(keys)
         folder = Path(path).with_suffix("")
@@ -94,7 +96,7 @@ class SampleRenderer:
                 scores.append(entry)
         if scores:
             summary = {"step": record.get("step"), "clips": scores, **mean_lipsync(scores)}
-            (folder / "lipsync.json").write_text(json.dumps(summary, indent=2))
+            atomic_write_text(folder / "lipsync.json", json.dumps(summary, indent=2))
 
     def _window_audio(self, key: str, start: int | None, frames: int):
         """The window's 16 kHz audio from the clip's source file (None when it cannot be had)."""
