@@ -14,7 +14,7 @@ import trainer.sample.step_renderer as step_renderer
 from crop_factory import make_crop_shards
 from shard_factory import make_shards
 from shards.manifest import write_manifest
-from trainer.media_log import TAG_GRID, MediaLog, clip_tag, gif_bytes, strip_image
+from trainer.media_log import TAG_GRID, MediaLog, clip_tag, gif_bytes, strip_image, strip_picks
 from trainer.settings import MotionSettings, TrainSettings
 
 DIM_W = 512  # the seeded motion decoder's latent size: the run's samples are rendered
@@ -42,11 +42,12 @@ def speech(meta: dict, n_frames: int) -> np.ndarray:
     return (0.4 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
 
 
-def test_strip_takes_every_few_frames_of_each_row_and_the_gif_is_animated():
-    rows = [np.full((12, 8, 6, 3), value, np.uint8) for value in (10, 120, 250)]
-    rows[1][5] = 77  # the second column of the middle row
-    strip = strip_image(rows, every=5, columns=8)
-    assert strip.shape == (3 * 8, 3 * 6, 3)  # frames 0, 5, 10 in three rows
+def test_strip_shows_every_few_frames_row_by_row_and_the_gif_is_animated():
+    assert strip_picks(12, every=5, columns=8) == [0, 5, 10] and strip_picks(60, every=5, columns=3) == [0, 5, 10]
+    rows = [np.full((3, 8, 6, 3), value, np.uint8) for value in (10, 120, 250)]
+    rows[1][1] = 77  # the second column of the middle row
+    strip = strip_image(rows)
+    assert strip.shape == (3 * 8, 3 * 6, 3)  # three frames in each of three rows
     assert strip[8:16, 6:12].max() == 77 and strip[:8].max() == 10 and strip[16:].min() == 250
     frames = np.random.default_rng(0).integers(0, 255, (60, 200, 100, 3), dtype=np.uint8)
     gif = Image.open(io.BytesIO(gif_bytes(frames, fps=25, seconds=2.0, every=2, max_size=64)))
@@ -106,3 +107,37 @@ def test_a_logger_without_tensorboard_or_wandb_has_no_media_log(tmp_path):
     assert media.seconds > 0
     logger.close()
     assert events(tmp_path).Audio("x/audio")[0].step == 3
+
+
+def test_wandb_gets_the_same_tags_as_tensorboard(tmp_path, monkeypatch):
+    """wandb is optional (not installed here): a stand-in module records what would be logged, and when."""
+    import sys
+    import types
+
+    made = []
+    fake = types.ModuleType("wandb")
+    for kind in ("Image", "Audio", "Video"):
+        setattr(fake, kind, lambda data, _kind=kind, **kw: made.append((_kind, data, kw)) or _kind)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+
+    class Run:
+        logged: list = []
+
+        def log(self, payload, step):
+            self.logged.append((step, payload))
+
+    run = Run()
+    media = MediaLog(None, run)
+    frames = np.zeros((10, 16, 16, 3), np.uint8)
+    plot = tmp_path / "plot.png"
+    Image.new("RGB", (4, 4)).save(plot)
+    media.image(TAG_GRID, frames[0], 5)
+    media.image_file(clip_tag(0, "motion_plot"), plot, 5)
+    media.audio(clip_tag(0, "audio"), np.full(800, 2.0), 5)
+    media.video(clip_tag(0, "video"), frames, 5, mp4=tmp_path / "clip.mp4")
+    media.video(clip_tag(1, "video"), frames, 5)  # no mp4 written: wandb gets no video
+    assert run.logged == [(5, {TAG_GRID: "Image"}), (5, {clip_tag(0, "motion_plot"): "Image"}),
+                          (5, {clip_tag(0, "audio"): "Audio"}), (5, {clip_tag(0, "video"): "Video"})]
+    audio = next(data for kind, data, _ in made if kind == "Audio")
+    assert audio.max() == 1.0  # clipped to [-1, 1] as for TensorBoard
+    assert [kw for kind, _, kw in made if kind == "Video"] == [{"fps": 25, "format": "mp4"}]

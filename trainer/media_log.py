@@ -40,11 +40,14 @@ def clip_tag(slot: int, kind: str) -> str:
     return f"samples/clip{slot}/{kind}"
 
 
-def strip_image(rows: list[np.ndarray], every: int = STRIP_EVERY, columns: int = STRIP_COLUMNS) -> np.ndarray:
-    """One image from videos (each (T, H, W, 3) uint8): a row per video, frames 0, every, 2*every, ..."""
-    frames = min(len(r) for r in rows)
-    picks = list(range(0, frames, every))[:columns] or [0]
-    return np.concatenate([np.concatenate([r[i] for i in picks], axis=1) for r in rows], axis=0)
+def strip_picks(frames: int, every: int = STRIP_EVERY, columns: int = STRIP_COLUMNS) -> list[int]:
+    """The frames a strip shows: 0, every, 2*every, ... (at most ``columns``)."""
+    return list(range(0, frames, every))[:columns] or [0]
+
+
+def strip_image(rows: list[np.ndarray]) -> np.ndarray:
+    """One image from rows of picked frames (each (K, H, W, 3) uint8, the same K): a row per array."""
+    return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
 
 
 def gif_bytes(frames: np.ndarray, fps: int = FPS, seconds: float = VIDEO_SECONDS, every: int = VIDEO_EVERY,

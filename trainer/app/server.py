@@ -74,9 +74,10 @@ def build_app(config: AppConfig):
                 gallery = gr.Gallery(label="Latest samples and grids", columns=2)
                 sample_video = gr.Video(label="Latest sample video")
             outputs = [run_status, curves, gallery, sample_video]
-            refresh.click(on_refresh, [run_dir], outputs)
-            gr.Timer(15.0).tick(on_refresh, [run_dir], outputs)  # a running job's curves move on their own
-            page.load(on_refresh, [run_dir], outputs)
+            # Reading a run folder is cheap: it need not wait behind a generation (concurrency_limit=None).
+            refresh.click(on_refresh, [run_dir], outputs, concurrency_limit=None)
+            gr.Timer(15.0).tick(on_refresh, [run_dir], outputs, concurrency_limit=None)  # a live run moves on
+            page.load(on_refresh, [run_dir], outputs, concurrency_limit=None)
     return page
 
 
