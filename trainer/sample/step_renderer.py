@@ -134,7 +134,8 @@ class SampleRenderer:
         picks = strip_picks(min(len(truth), len(generated)))
         rows = [label_frames(truth[picks], "ground truth"), label_frames(generated[picks], "generated")]
         if "motion_no_audio" in record:  # sample files written before it existed have none
-            dropped = render_motion(autoencoder, reference, record["motion_no_audio"][slot][picks])  # the strip's frames only
+            # Only the strip's frames are rendered: a few of the window's, at a few % of the cost.
+            dropped = render_motion(autoencoder, reference, record["motion_no_audio"][slot][picks])
             rows.append(label_frames(dropped, "audio dropped"))
         strip = strip_image(rows)
         self.media.seconds += time.perf_counter() - start
