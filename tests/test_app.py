@@ -132,8 +132,11 @@ def test_app_command_refuses_a_stage1_checkpoint_before_serving(inputs):
 
 
 # ---------------------------------------------------------------- the page in a browser
-def browser_or_skip():
-    """Playwright's sync API, or a skip naming what is missing (a failure under CI=true: CI installs it all)."""
+@pytest.fixture
+def playwright_api():
+    """Playwright's sync API, or a skip naming what is missing (a failure under CI=true: CI installs it all).
+
+    A fixture listed before ``server``, so a machine without a browser skips before the server starts."""
     missing = []
     try:
         import gradio  # noqa: F401
@@ -200,9 +203,8 @@ def animate_in_page(page, portrait: Path, speech: Path | None = None) -> None:
     page.click("#animate")
 
 
-def test_the_page_animates_a_portrait_in_a_real_browser(server, inputs, tmp_path):
-    sync_playwright = browser_or_skip()
-    with sync_playwright() as p:
+def test_the_page_animates_a_portrait_in_a_real_browser(playwright_api, server, inputs, tmp_path):
+    with playwright_api() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
