@@ -92,6 +92,7 @@ def test_stage1_run_logs_its_grid(tmp_path):
                          val_clips=2, val_pairs_per_clip=2, sample_count=3, pairs_per_clip=2))
     grid = events(run).Images(TAG_GRID)
     assert [e.step for e in grid] == [2]
+    assert decoded(grid[0]).format == "JPEG"
     assert decoded(grid[0]).size == (3 * 32, 3 * 32)  # three pairs; source | driving | reconstruction rows
 
 
