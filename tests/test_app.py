@@ -118,6 +118,20 @@ def test_watch_tab_draws_the_curves_and_finds_the_latest_samples(tmp_path):
     assert "no metrics.jsonl" in view_run(tmp_path / "work", tmp_path).message
 
 
+def test_a_page_served_beyond_this_machine_keeps_its_checkpoint_and_run(run, inputs, tmp_path):  # noqa: F811
+    pytest.importorskip("gradio")
+    from trainer.app.server import build_app
+
+    run_dir = run["ckpt"].parent.parent
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 1, "split": "train", "total": 1.0}) + "\n")
+    handlers = {f.name: f.fn for f in build_app(AppConfig(run["ckpt"], tmp_path, run_dir, locked=True)).fns.values()}
+    message = handlers["on_refresh"](str(tmp_path))[0]  # a visitor types another folder: the run's is shown
+    assert message.startswith(str(run_dir))
+    _, _, status = handlers["on_animate"](str(inputs["stage1"]), str(inputs["portrait"]), str(inputs["speech"]),
+                                          "none", 2.0, 1.0, 2, "euler", 0, progress=lambda *a, **k: None)
+    assert status.startswith("done"), status  # the command line's checkpoint, not the stage-1 one typed in
+
+
 # ---------------------------------------------------------------- the command
 def test_app_command_refuses_a_stage1_checkpoint_before_serving(inputs):
     pytest.importorskip("gradio")

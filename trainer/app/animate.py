@@ -42,6 +42,7 @@ class AppConfig:
     data_root: str | None = None
     device: str = "auto"
     crop: bool = True
+    locked: bool = False  # served beyond this machine: the page cannot change the checkpoint or the run folder
 
 
 @dataclass

@@ -6,6 +6,7 @@ optional extra ``app`` (`make install` installs it).
 """
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -14,6 +15,8 @@ import typer
 
 from trainer.app.animate import MAX_UPLOAD_MB, AppConfig
 from trainer.errors import SampleError, exit_with_error
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def check_checkpoint(path: Path, device: str = "cpu") -> str:
@@ -60,6 +63,7 @@ def app(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ) -> None:
     """Serve a local web page that animates a portrait with this checkpoint, and shows a run's curves."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local tool: no usage reports sent out
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -73,12 +77,14 @@ def app(
         exit_with_error(f"--max-upload-mb {max_upload_mb:g}: must be positive")
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="floatctl-app-"))
     work.mkdir(parents=True, exist_ok=True)
+    local = host in LOCAL_HOSTS
     config = AppConfig(checkpoint, work.resolve(), run_folder_of(checkpoint, run), max_upload_mb, wav2vec2, ser,
-                       float_ckpt, data_root, device, not no_crop)
+                       float_ckpt, data_root, device, not no_crop, locked=not local)
     print(f"checkpoint {what}; outputs in {config.work_dir}", flush=True)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {host}: anyone who can reach this machine can use the page and its "
-              "compute, with no login", flush=True)
+    if not local:
+        print(f"warning: listening on {host}: anyone who can reach this port can use the page, its compute and "
+              "the generated videos, with no login and no TLS; the checkpoint and run folder are fixed to "
+              "this command's", flush=True)
     from trainer.app.server import launch
 
     launch(config, host, port)

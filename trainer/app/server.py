@@ -4,6 +4,11 @@
 Inputs go in as file paths (``gr.File`` for the portrait, so a non-image reaches
 our own check and its message, not a Gradio decoding error); errors come back
 in the status box (``elem_id="status"``), and the server keeps serving.
+
+Served beyond this machine (``--host``), the page is ``locked``: the checkpoint and
+run-folder fields are fixed to the command line's, in the page and in the handlers
+(a client can call the API with any value), so a visitor cannot make the server
+load or list files by typing paths.
 """
 from __future__ import annotations
 
@@ -29,21 +34,23 @@ def build_app(config: AppConfig):
             progress(min(0.95, lines[0] / 14), desc=line[:90])
 
         progress(0.0, desc="checking the inputs")
+        checkpoint = config.checkpoint if config.locked else checkpoint
         result = animate(config, image, audio, emotion, a_cfg, e_cfg, nfe, solver, seed, checkpoint, log)
         return result.video, result.plot, result.message
 
     def on_refresh(run_dir):
-        view = view_run(run_dir, config.work_dir)
+        view = view_run(config.run_dir if config.locked else run_dir, config.work_dir)
         return view.message, view.curves, view.images, view.video
 
-    with gr.Blocks(title="float-train") as page:
+    with gr.Blocks(title="float-train", analytics_enabled=False) as page:
         gr.Markdown("# float-train")
         with gr.Tab("Animate a portrait"):
             gr.Markdown(INTRO)
             with gr.Row():
                 with gr.Column():
                     checkpoint = gr.Textbox(str(config.checkpoint), label="Checkpoint (a training checkpoint, "
-                                            "a run folder or float.pth)", elem_id="checkpoint")
+                                            "a run folder or float.pth)", elem_id="checkpoint",
+                                            interactive=not config.locked)
                     image = gr.File(label="Portrait (an image: jpg, png, ...)", type="filepath",
                                     elem_id="portrait")
                     audio = gr.Audio(label="Speech (a file, or record from the microphone)", type="filepath",
@@ -66,7 +73,8 @@ def build_app(config: AppConfig):
                          [video, plot, status])
         with gr.Tab("Watch a run"):
             with gr.Row():
-                run_dir = gr.Textbox(str(config.run_dir or ""), label="Run folder (runs/NAME)", elem_id="run_dir")
+                run_dir = gr.Textbox(str(config.run_dir or ""), label="Run folder (runs/NAME)", elem_id="run_dir",
+                                     interactive=not config.locked)
                 refresh = gr.Button("Refresh", elem_id="refresh")
             run_status = gr.Markdown("", elem_id="run_status")
             curves = gr.Image(label="Curves (metrics.jsonl)", type="filepath")
