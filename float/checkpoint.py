@@ -49,7 +49,9 @@ def safe_torch_load(path: str | Path, label: str = "", mmap: bool = False):
                 f"(weights_only loading; a pickle could run code on load, nothing in it was executed). "
                 f"Detail: {detail}") from None
         raise CheckpointError(f"{where}: unreadable pickle (truncated or corrupt): {detail}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    # KeyError / IndexError / TypeError: what the weights-only unpickler raises on bytes that are not a
+    # pickle at all (a text file named .pt).
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError) as e:
         detail = str(e).splitlines()[0] if str(e) else ""
         raise CheckpointError(f"{where}: unreadable checkpoint, the file is truncated or corrupt, or not a torch "
                               f"file ({type(e).__name__}: {detail})") from None

@@ -133,15 +133,20 @@ def test_a_page_served_beyond_this_machine_keeps_its_checkpoint_and_run(run, inp
 
 
 # ---------------------------------------------------------------- the command
-def test_app_command_refuses_a_stage1_checkpoint_before_serving(inputs):
+@pytest.mark.parametrize("case, expected", [("stage1", "stage-1 motion auto-encoder checkpoint"),
+                                            ("text", "unreadable checkpoint"), ("missing", "no such file")])
+def test_app_command_refuses_an_unusable_checkpoint_before_serving(inputs, tmp_path, case, expected):
     pytest.importorskip("gradio")
     from typer.testing import CliRunner
 
     from cli import app
 
-    result = CliRunner().invoke(app, ["app", str(inputs["stage1"])])
-    assert result.exit_code == 2
-    assert "stage-1 motion auto-encoder checkpoint" in result.output
+    path = {"stage1": inputs["stage1"], "text": tmp_path / "notes.pt", "missing": tmp_path / "gone.pt"}[case]
+    if case == "text":
+        path.write_text("hi\n")  # the weights-only unpickler raised a bare KeyError (a traceback) on this
+    result = CliRunner().invoke(app, ["app", str(path)])
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and str(path) in result.output
     assert "Traceback" not in result.output
 
 
