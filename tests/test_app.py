@@ -3,7 +3,8 @@ page itself in a real browser (Playwright driving the system's Chromium).
 
 The browser test serves a tiny checkpoint (tests/test_sample.py's) with `floatctl app` in a subprocess,
 uploads a portrait and speech made here, presses Animate, and checks that a playable video of the speech's
-length appears; then that a non-image gets its message and the page still animates afterwards. Without
+length appears; then that a non-image gets its message and the page still animates afterwards, this time
+from a microphone recording (Chromium's fake microphone). Without
 Playwright, Gradio or Chromium it skips saying which is missing, except under CI=true, where it fails.
 """
 from __future__ import annotations
@@ -34,6 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Chromium's fake microphone (a beep every second) stands in for a person recording, without asking.
+FAKE_MICROPHONE = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 SPEECH_SECONDS = 2.0
 
 
@@ -224,9 +227,10 @@ def animate_in_page(page, portrait: Path, speech: Path | None = None) -> None:
 
 def test_the_page_animates_a_portrait_in_a_real_browser(playwright_api, server, inputs, tmp_path):
     with playwright_api() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + FAKE_MICROPHONE)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            context = browser.new_context(permissions=["microphone"], viewport={"width": 1280, "height": 1000})
+            page = context.new_page()
             page.goto(server)
             page.wait_for_selector("#animate")
             animate_in_page(page, inputs["portrait"], inputs["speech"])
@@ -243,12 +247,20 @@ def test_the_page_animates_a_portrait_in_a_real_browser(playwright_api, server, 
             if os.environ.get("FLOAT_APP_SCREENSHOT"):  # how assets/app.png is made
                 page.screenshot(path=os.environ["FLOAT_APP_SCREENSHOT"], full_page=True)
 
-            # A non-image: its message on the page, and the page keeps working.
+            # A non-image: its message on the page, and the page keeps working: now with a recording.
             animate_in_page(page, inputs["not_image"])
             page.locator("#status").get_by_text("unreadable").wait_for(timeout=30_000)
             assert inputs["not_image"].name in page.locator("#status").inner_text()
+            speech = page.locator("#speech")
+            speech.locator("button[aria-label='Record audio']").click()
+            speech.get_by_role("button", name="Record").first.click()
+            page.wait_for_timeout(2_500)
+            speech.get_by_role("button", name="Stop").first.click()
+            speech.locator("button[aria-label='Play']").wait_for()  # the recording is in
             animate_in_page(page, inputs["portrait"])
             page.locator("#status").get_by_text("done in").wait_for(timeout=60_000)
             page.wait_for_function(VIDEO_READY, timeout=30_000)
+            recorded = page.evaluate("document.querySelector('#video video').duration")
+            assert 1.5 < recorded < 6.0, recorded  # about the 2.5 s recorded
         finally:
             browser.close()
