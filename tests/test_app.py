@@ -4,8 +4,8 @@ page itself in a real browser (Playwright driving the system's Chromium).
 The browser test serves a tiny checkpoint (tests/test_sample.py's) with `floatctl app` in a subprocess,
 uploads a portrait and speech made here, presses Animate, and checks that a playable video of the speech's
 length appears; then that a non-image gets its message and the page still animates afterwards, this time
-from a microphone recording (Chromium's fake microphone). Without
-Playwright, Gradio or Chromium it skips saying which is missing, except under CI=true, where it fails.
+from a microphone recording (Chromium's fake microphone). Without Playwright, Gradio or Chromium it skips
+saying which is missing, except under CI=true, where it fails.
 """
 from __future__ import annotations
 
