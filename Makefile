@@ -37,7 +37,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,faces]'
+	$(PY) -m pip install --quiet -e '.[test,faces,app]'
 	touch $(STAMP)
 
 test: install

@@ -87,7 +87,10 @@ def safe_torch_load(path: str | Path, label: str = "", mmap: bool = False, takes
             raise CheckpointError(f"{where}: refused: a pickle that is not plain weights ({what}; weights_only "
                                   f"loading ran nothing in it){tail}") from None
         raise CheckpointError(f"{where}: unreadable pickle (truncated or corrupt){tail}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as e:
+    # KeyError / IndexError / TypeError: what the weights-only unpickler raises on bytes that are not a pickle
+    # at all (a text file named .pt).
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, KeyError, IndexError,
+            TypeError) as e:
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise CheckpointError(f"{where}: unreadable checkpoint: the file is truncated or corrupt, or not a torch "
                               f"file ({detail}){tail}") from None

@@ -7,7 +7,7 @@ from cli import app
 def test_help_lists_every_command():
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("shards", "inspect", "train", "train-motion", "sample", "export"):
+    for command in ("shards", "inspect", "train", "train-motion", "sample", "export", "app"):
         assert command in result.output
 
 

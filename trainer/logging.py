@@ -76,6 +76,11 @@ class RunLogger:
                           dir=str(self.run_dir), config=config, mode=os.environ.get("WANDB_MODE", "offline"),
                           resume="allow", id=_wandb_id(self.run_dir))
 
+    @property
+    def media_backends(self) -> tuple:
+        """(TensorBoard writer or None, wandb run or None): where trainer/media_log.py writes media."""
+        return self._writer, self._wandb
+
     def info(self, message: str) -> None:
         if not self.enabled:
             return

@@ -24,12 +24,17 @@ def to_uint8_rgb(images: Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
+def pair_grid(source: Tensor, driving: Tensor, recon: Tensor) -> np.ndarray:
+    """(3S, B*S, 3) uint8 RGB: one column per pair, rows source, driving, reconstruction."""
+    rows = [np.concatenate(list(to_uint8_rgb(x)), axis=1) for x in (source, driving, recon)]
+    return np.concatenate(rows, axis=0)
+
+
 def save_pair_grid(path: Path, source: Tensor, driving: Tensor, recon: Tensor) -> Path:
-    """A PNG with one column per pair and three rows: source, driving, reconstruction."""
+    """A PNG of pair_grid."""
     import cv2
 
-    rows = [np.concatenate(list(to_uint8_rgb(x)), axis=1) for x in (source, driving, recon)]
-    grid = np.concatenate(rows, axis=0)
+    grid = pair_grid(source, driving, recon)
     ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError(f"{path}: the sample grid could not be encoded as PNG")

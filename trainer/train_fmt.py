@@ -286,9 +286,10 @@ def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rec
                                              "config": cfg.to_dict(),
                                              "manifest_fingerprint": manifest.get("fingerprint")})
         if samples_hook is None:
+            from trainer.media_log import MediaLog
             from trainer.sample.step_renderer import SampleRenderer
 
-            samples_hook = SampleRenderer(sets.manifests[0], sets.primary, cfg.dim_w, log.info)
+            samples_hook = SampleRenderer(sets.manifests[0], sets.primary, cfg.dim_w, log.info, MediaLog.of(log))
     except BaseException:
         log.close()
         raise

@@ -31,7 +31,8 @@ from trainer import run as setup
 from trainer.distributed import DistInfo, init_distributed, wrap_ddp
 from trainer.ema import EMA
 from trainer.loop import TrainResult, run_loop
-from trainer.motion_eval import psnr, save_pair_grid
+from trainer.media_log import TAG_GRID, MediaLog
+from trainer.motion_eval import pair_grid, psnr, save_pair_grid
 from trainer.errors import TrainingError
 from trainer.run import MOTION_KIND, Run, to_device
 from trainer.schedule import resolve_schedule
@@ -96,6 +97,7 @@ class MotionStage:
         self.before_adversarial = dataclasses.replace(self.weights, adversarial=0.0) \
             if (s.l1_weight or s.perceptual_weight) else self.weights
         self._last: tuple[Tensor, Tensor] | None = None
+        self.media = MediaLog.of(run.log)  # the grid in TensorBoard / wandb too
 
     def _adversarial_on(self, step: int) -> bool:
         return self.discriminator is not None and step >= self.run.s.adversarial_start
@@ -153,6 +155,8 @@ class MotionStage:
             recon = self.run.ema.shadow(source, driving).float()
         path = save_pair_grid(self.run.run_dir / "samples" / f"sample_step_{step}.png", source, driving, recon)
         self.run.log.info(f"samples: {path} (rows: source | driving | reconstruction)")
+        if self.media is not None:
+            self.media.image(TAG_GRID, pair_grid(source, driving, recon), step)
 
     def checkpoint_extra(self) -> dict:
         extra = {"manifest_fingerprint": self.manifest.get("fingerprint"), "crop_size": self.manifest["input_size"]}

@@ -102,17 +102,21 @@ def save_motion_samples(model: nn.Module, batch: dict, path: str | Path, step: i
     """Sample motion for the first ``count`` windows of ``batch`` and save them with the targets.
 
     The .pt file holds plain tensors and lists (loads with weights_only=True):
-    motion (n, T, dim_w) sampled, target (n, T, dim_w), ref_motion, emotion, keys, step."""
+    motion (n, T, dim_w) sampled, motion_no_audio (the same noise with the audio dropped, for the
+    logged strips), target (n, T, dim_w), ref_motion, emotion, keys, step."""
     was_training = model.training
     model.eval()
     n = min(count, batch["motion"].shape[0])
     pred = generate_motion(model, batch["audio"][:n], batch["ref_motion"][:n], batch["emotion"][:n], nfe=nfe,
                            a_cfg_scale=a_cfg_scale, seed=seed)
+    silent = generate_motion(model, batch["audio"][:n], batch["ref_motion"][:n], batch["emotion"][:n], nfe=nfe,
+                             a_cfg_scale=a_cfg_scale, seed=seed, drop_audio=True)
     model.train(was_training)
     keys = batch.get("key")
     record = {
         "step": step,
         "motion": pred.float().cpu(),
+        "motion_no_audio": silent.float().cpu(),
         "target": batch["motion"][:n].float().cpu(),
         "ref_motion": batch["ref_motion"][:n].float().cpu(),
         "emotion": batch["emotion"][:n].float().cpu(),
