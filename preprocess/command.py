@@ -122,7 +122,7 @@ def shards(
     from shards.errors import ManifestError, StorageError
 
     if merge:
-        from preprocess.crop_stage import default_crops_out
+        from preprocess.settings import default_crops_out
         from shards.manifest import list_part_manifests
 
         crop_folder = crops_out or default_crops_out(out)

@@ -15,18 +15,10 @@ from typing import Callable
 
 from preprocess.errors import PipelineError
 from preprocess.output import ManifestKeeper, open_writers, prepare_out_folder
-from preprocess.settings import crop_info, frame_content
+from preprocess.settings import crop_info, default_crops_out, frame_content
 from shards.crops import CROPS_KIND, crop_manifest_base, crop_members
 from shards.format import FORMAT_VERSION, SPLITS
 from shards.writer import ShardWriter
-
-CROPS_SUFFIX = "-crops"
-
-
-def default_crops_out(out: Path) -> Path:
-    """``data/shards`` -> ``data/shards-crops``: a sibling, so each latent folder has its own crops."""
-    out = Path(out)
-    return out.with_name(out.name + CROPS_SUFFIX)
 
 
 class CropOutput:

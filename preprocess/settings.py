@@ -106,6 +106,15 @@ def check_options(s: ShardSettings):
     return part, cfg, s.input_size or cfg.input_size
 
 
+CROPS_SUFFIX = "-crops"
+
+
+def default_crops_out(out: Path) -> Path:
+    """``data/shards`` -> ``data/shards-crops``: a sibling, so each latent folder has its own crops."""
+    out = Path(out)
+    return out.with_name(out.name + CROPS_SUFFIX)
+
+
 def crop_info(crop: str, detector: str | None = "haar") -> dict:
     """The manifest's crop: its mode, scale and the detector's full name (versions and method). Haar's name
     is what it always was, so Haar shards keep their fingerprint."""
@@ -147,7 +156,6 @@ def resolve_detector(s: ShardSettings, part=None, log=print) -> ShardSettings:
         return replace(s, detector=None)  # nothing is detected
     if s.detector is not None:
         return s  # checked by check_options
-    from preprocess.crop_stage import default_crops_out
 
     folders = [Path(s.out)] + ([Path(s.crops_out) if s.crops_out else default_crops_out(s.out)] if s.crops else [])
     recorded = _recorded_detector([f for f in folders if f.is_dir()], part)
