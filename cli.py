@@ -18,7 +18,7 @@ app = typer.Typer(
 def _register() -> None:
     from preprocess.command import inspect, shards
     from trainer.command import train, train_motion
-    from trainer.eval_command import eval_run
+    from trainer.eval.command import eval_run
     from trainer.export import export
     from trainer.sample_command import sample
 

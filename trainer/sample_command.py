@@ -37,7 +37,7 @@ from shards.tar import ShardError
 from trainer.checkpoints import default_output_dir, load_manifest, load_sampling_model
 from trainer.errors import SampleError, exit_with_error
 from trainer.generate import generate, motion_errors, save_latents
-from trainer.lipsync import clip_lipsync, face_rate, mean_lipsync
+from trainer.eval.lipsync import clip_lipsync, face_rate, mean_lipsync
 from trainer.media_input import (EMOTION_CHOICES, InputError, emotion_name, emotion_vector, load_audio,
                                  load_reference_image, parse_emotion)
 from trainer.plot import feature_energy, frame_energy, plot_motion

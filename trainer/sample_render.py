@@ -25,7 +25,7 @@ from shards.format import META, REFERENCE
 from shards.sample import decode_reference, read_meta
 from shards.remote import join_location
 from shards.tar import iter_tar_samples
-from trainer.lipsync import clip_lipsync, mean_lipsync
+from trainer.eval.lipsync import clip_lipsync, mean_lipsync
 from trainer.render import encode_reference, render_motion, side_by_side, write_mp4
 
 

@@ -4,7 +4,7 @@ It collects what the run already wrote, nothing is recomputed:
   validation  the ``val`` rows of RUN/metrics.jsonl (latent-space losses, generation errors with and without
               the audio, their ratio), the best step by ``val_total`` and the last one;
   samples     every RUN/samples/*/metrics.json that ``floatctl sample`` wrote: generation errors, the
-              lip-sync proxy (generated, ground-truth reconstruction, audio dropped; trainer/lipsync.py)
+              lip-sync proxy (generated, ground-truth reconstruction, audio dropped; trainer/eval/lipsync.py)
               and the sampling speed in frames per second.
 Writes RUN/eval.md and RUN/eval.json and prints the Markdown. Exit code 2 when the folder holds neither.
 """
