@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from float.motion_autoencoder import MotionAutoEncoder
-from trainer.plot import frame_energy, pca_components, plot_motion
+from trainer.eval.lipsync import frame_energy
+from trainer.plot import pca_components, plot_motion
 from trainer.render import (
     encode_reference, image_to_tensor, render_motion, side_by_side, tensor_to_frames, write_mp4,
 )

@@ -39,9 +39,9 @@ from preprocess.face import crop_box_from_detections, crop_frame, detect_face
 from trainer.checkpoints import default_output_dir
 from trainer.errors import SampleError
 from trainer.generate import generate, save_latents
-from trainer.eval.lipsync import clip_lipsync, mean_lipsync
+from trainer.eval.lipsync import clip_lipsync, frame_energy, mean_lipsync
 from trainer.media_input import InputError, emotion_name, emotion_vector, load_audio, parse_emotion, read_image
-from trainer.plot import frame_energy, plot_motion
+from trainer.plot import plot_motion
 from trainer.render import encode_reference, render_motion, write_mp4
 from trainer.sample_command import SampleOptions, SampleResult
 

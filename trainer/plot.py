@@ -23,17 +23,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from float.config import FPS, SAMPLES_PER_FRAME
+from float.config import FPS
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
-
-
-def frame_energy(waveform: np.ndarray, frames: int, samples_per_frame: int = SAMPLES_PER_FRAME) -> np.ndarray:
-    """RMS of the waveform over each video frame's samples, (frames,); zero past its end."""
-    wave = np.zeros(frames * samples_per_frame, np.float64)
-    src = np.asarray(waveform, np.float64).reshape(-1)[: len(wave)]
-    wave[: len(src)] = src
-    return np.sqrt((wave.reshape(frames, samples_per_frame) ** 2).mean(axis=1))
 
 
 def feature_energy(features: np.ndarray, kind: str = "wav2vec2") -> np.ndarray:

@@ -37,10 +37,10 @@ from shards.tar import ShardError
 from trainer.checkpoints import default_output_dir, load_manifest, load_sampling_model
 from trainer.errors import SampleError, exit_with_error
 from trainer.generate import generate, motion_errors, save_latents
-from trainer.eval.lipsync import clip_lipsync, face_rate, mean_lipsync
+from trainer.eval.lipsync import clip_lipsync, face_rate, frame_energy, mean_lipsync
 from trainer.media_input import (EMOTION_CHOICES, InputError, emotion_name, emotion_vector, load_audio,
                                  load_reference_image, parse_emotion)
-from trainer.plot import feature_energy, frame_energy, plot_motion
+from trainer.plot import feature_energy, plot_motion
 from trainer.render import encode_reference, render_motion, side_by_side, write_mp4
 
 AUDIO_GAIN_EVIDENT = 1.05  # error without audio / error with audio above which the audio clearly helps

@@ -35,7 +35,15 @@ import math
 import numpy as np
 
 from float.config import SAMPLES_PER_FRAME
-from trainer.plot import frame_energy
+
+
+def frame_energy(waveform: np.ndarray, frames: int, samples_per_frame: int = SAMPLES_PER_FRAME) -> np.ndarray:
+    """RMS of the waveform over each video frame's samples, (frames,); zero past its end."""
+    wave = np.zeros(frames * samples_per_frame, np.float64)
+    src = np.asarray(waveform, np.float64).reshape(-1)[: len(wave)]
+    wave[: len(src)] = src
+    return np.sqrt((wave.reshape(frames, samples_per_frame) ** 2).mean(axis=1))
+
 
 # (top, bottom, left, right) as fractions of the square face crop.
 MOUTH_BOX = (0.58, 0.82, 0.33, 0.67)
