@@ -32,7 +32,7 @@ from preprocess.face_models import LEFT_EYE, MOUTH, NOSE, RIGHT_EYE
 PSNR_CAP = 100.0  # dB, for identical frames
 LMD_SIZE = 256  # LMD is reported in pixels of a frame this wide
 EAR_BLINK = 0.2  # eye aspect ratio under which an eye is shut (the usual threshold for 68-point eyes)
-ALIGN_POINTS = np.r_[np.arange(36, 48), np.arange(27, 36)]  # both eyes and the nose: they do not speak
+ALIGN_POINTS = np.r_[RIGHT_EYE, LEFT_EYE, NOSE]  # both eyes and the nose: they do not move when one speaks
 INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))  # upper and lower inner lip, left to right
 
 SSIM_SIGMA, SSIM_RADIUS = 1.5, 5  # an 11 x 11 window
