@@ -106,6 +106,13 @@ def read_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def write_reference(path: Path, image: np.ndarray) -> Path:
+    """Save an RGB uint8 reference image as PNG (what floatctl sample leaves for load_clip)."""
+    if not cv2.imwrite(str(path), cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)):
+        raise TrainerError(f"{path}: could not write the reference image")
+    return Path(path)
+
+
 def read_waveform(path: Path, frames: int) -> np.ndarray | None:
     """The file's audio track at 16 kHz cut or zero-padded to ``frames`` video frames; None when silent."""
     try:
