@@ -1,159 +1,152 @@
-"""`floatctl eval RUN`: one table of a run's results, in Markdown and JSON, ready for a paper.
+"""`floatctl eval`: a run's results in one table (eval.md, eval.json), several runs side by side.
 
-It collects what the run already wrote, nothing is recomputed:
-  validation  the ``val`` rows of RUN/metrics.jsonl (latent-space losses, generation errors with and without
-              the audio, their ratio), the best step by ``val_total`` and the last one;
-  samples     every RUN/samples/*/metrics.json that ``floatctl sample`` wrote: generation errors, the
-              lip-sync proxy (generated, ground-truth reconstruction, audio dropped; trainer/eval/lipsync.py)
-              and the sampling speed in frames per second.
-Writes RUN/eval.md and RUN/eval.json and prints the Markdown. Exit code 2 when the folder holds neither.
+``floatctl eval RUN [RUN ...]`` collects, per run, what it already wrote (the validation curve and the
+sample metrics: trainer/eval/run_summary.py) and scores its rendered samples with the face models that ship
+in packages (trainer/eval/score.py): the trainer's sample_step_N videos and floatctl sample's folders.
+Per run it writes RUN/eval.md, RUN/eval.json, RUN/eval_landmarks.png (one frame with its landmarks, to see
+that they sit on the face) and, where samples exist at two steps or more, RUN/eval_vs_step.png. With
+several runs (or --out) it prints one comparison table, written to OUT/comparison.md and .json.
+
+``floatctl eval --generated DIR --real DIR [--reference DIR]`` scores any two folders of mp4s paired by
+name instead; eval.md / eval.json go to --out (default: the --generated folder).
+
+Exit code 2 on bad input: nothing to evaluate, no such folder, no mp4s, unpaired names, an unreadable video.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable, List, Optional
 
 import typer
 
+from preprocess import face_models
 from trainer.errors import TrainerError, exit_with_error
+from trainer.eval import report
+from trainer.eval.clips import SampleSet, paired_set, run_sets
+from trainer.eval.run_summary import collect, run_markdown
+from trainer.eval.score import UserMetrics, score_set
 from trainer.logging import METRICS_FILE
 
-VAL_COLUMNS = ("val_total", "val_current", "val_preceding", "val_velocity", "gen_l1_audio", "gen_l1_no_audio",
-               "gen_audio_gain")
-SAMPLE_COLUMNS = (  # (heading, key in the collected row)
-    ("samples", "name"), ("step", "step"), ("weights", "weights"), ("NFE", "nfe"), ("grid", "grid"),
-    ("clips", "clips"), ("L1 audio", "l1_audio"), ("L1 no audio", "l1_no_audio"), ("audio gain", "audio_gain"),
-    ("lip-sync gen.", "lipsync_generated"), ("lip-sync GT", "lipsync_truth"),
-    ("lip-sync no audio", "lipsync_no_audio"), ("motion fps", "motion_fps"), ("end-to-end fps", "end_to_end_fps"),
-    ("device", "device"))
+NO_FACE_MODELS = "Face metrics skipped: " + face_models.INSTALL_HINT
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+def score_sets(sets: list[SampleSet], folder: Path, user: UserMetrics | None, identity_every: int,
+               log: Callable[[str], None]) -> tuple[list[dict], list[str]]:
+    """Score each set; the landmark picture of the last set's first clip goes to FOLDER/eval_landmarks.png.
+    Returns the scored sets (JSON-ready) and the files written."""
+    scored, written = [], []
+    for i, s in enumerate(sets):
+        result = score_set(s, user, identity_every, log, keep_tracks=i == len(sets) - 1)
+        first = result.pop("first", None)
+        if first is not None and report.landmarks_picture(*first, folder / "eval_landmarks.png"):
+            written.append(str(folder / "eval_landmarks.png"))
+        scored.append(result)
+    if scored and report.plot_vs_step(scored, folder / "eval_vs_step.png"):
+        written.append(str(folder / "eval_vs_step.png"))
+    return scored, written
 
 
-def _table(headings: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(headings) + " |", "|" + "|".join("---" for _ in headings) + "|"]
-    return lines + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+def _write(folder: Path, result: dict, markdown: str) -> list[str]:
+    (folder / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    (folder / "eval.md").write_text(markdown)
+    return [str(folder / "eval.md"), str(folder / "eval.json")]
 
 
-def pick_rows(rows: list[dict], best: dict | None, limit: int) -> list[dict]:
-    """At most ``limit`` rows, evenly spread, always with the first, the best and the last."""
-    if len(rows) <= limit:
-        return rows
-    keep = {round(i * (len(rows) - 1) / (limit - 1)) for i in range(limit - 1)} | {len(rows) - 1}
-    if best is not None:
-        keep.add(rows.index(best))
-    return [rows[i] for i in sorted(keep)]
-
-
-def validation_summary(run: Path) -> dict | None:
-    if not (run / METRICS_FILE).is_file():
-        return None
-    rows, skipped = [], 0
-    for line in (run / METRICS_FILE).read_text().splitlines():
-        try:
-            record = json.loads(line) if line.strip() else None
-        except ValueError:  # a run killed mid-write leaves a partial last line
-            skipped += 1
-            continue
-        if isinstance(record, dict) and record.get("split") == "val":
-            rows.append(record)
-    columns = [c for c in VAL_COLUMNS if any(c in r for r in rows)]
-    table = [{"step": r.get("step"), **{c: r.get(c) for c in columns}} for r in rows]
-    scored = [r for r in table if isinstance(r.get("val_total"), (int, float))]
-    best = min(scored, key=lambda r: r["val_total"]) if scored else None
-    return {"columns": columns, "rows": table, "best": best, "last": table[-1] if table else None,
-            "unreadable_lines": skipped}
-
-
-def sample_summary(folder: Path) -> dict | None:
-    """One row from samples/X/metrics.json; None when it is unreadable."""
-    try:
-        m = json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    settings, speed, items = m.get("settings") or {}, m.get("speed") or {}, m.get("items") or []
-    mean, lipsync = m.get("mean") or {}, m.get("lipsync_mean") or {}
-    return {"name": folder.name, "step": settings.get("step"), "weights": settings.get("weights") or
-            ("official" if settings.get("official") else None), "nfe": settings.get("nfe"),
-            "grid": "official" if settings.get("official_grid") else "uniform", "clips": len(items),
-            "l1_audio": mean.get("l1_audio"), "l1_no_audio": mean.get("l1_no_audio"),
-            "audio_gain": mean.get("audio_gain"), "lipsync_generated": lipsync.get("lipsync_generated"),
-            "lipsync_truth": lipsync.get("lipsync_truth"), "lipsync_no_audio": lipsync.get("lipsync_no_audio"),
-            "motion_fps": speed.get("motion_frames_per_s"), "end_to_end_fps": speed.get("end_to_end_frames_per_s"),
-            "device": speed.get("device")}
-
-
-def collect(run: Path) -> dict:
+def evaluate(run: Path, max_rows: int = 12, faces: bool = True, identity_every: int = 1,
+             user: UserMetrics | None = None, log: Callable[[str], None] = print) -> tuple[dict, str, list[str]]:
+    """One run: collect, score its rendered samples, write RUN/eval.* (and pictures); returns the result,
+    its Markdown and the files written."""
     run = Path(run)
     if not run.is_dir():
         raise TrainerError(f"{run}: no such run folder")
-    validation = validation_summary(run)
-    folders = sorted(p.parent for p in (run / "samples").glob("*/metrics.json")) if (run / "samples").is_dir() else []
-    samples = [s for s in map(sample_summary, folders) if s is not None]
-    if validation is None and not samples:
-        raise TrainerError(f"{run}: nothing to evaluate: no {METRICS_FILE} and no samples/*/metrics.json "
-                           f"(train with floatctl train, then floatctl sample {run})")
-    return {"run": str(run), "validation": validation, "samples": samples}
-
-
-def to_markdown(result: dict, max_rows: int = 12) -> str:
-    lines = [f"# Evaluation of {result['run']}", ""]
-    v = result["validation"]
-    if v is None:
-        lines += [f"No validation curve ({METRICS_FILE} is missing).", ""]
-    elif not v["rows"]:
-        lines += [f"No validation rows in {METRICS_FILE} (no val split, or the run stopped before the first "
-                  "validation).", ""]
-    else:
-        shown = pick_rows(v["rows"], v["best"], max_rows)
-        lines += ["## Validation (EMA weights)", ""]
-        lines += _table(["step", *v["columns"]], [[r["step"], *(r[c] for c in v["columns"])] for r in shown])
-        note = f"{len(shown)} of {len(v['rows'])} validations shown." if len(shown) < len(v["rows"]) else ""
-        if v["best"] is not None:
-            note = f"Best val_total {_fmt(v['best']['val_total'])} at step {v['best']['step']}. " + note
-        lines += ["", note.strip(), ""] if note else [""]
-    if result["samples"]:
-        lines += ["## Samples (floatctl sample)", ""]
-        lines += _table([h for h, _ in SAMPLE_COLUMNS], [[s[k] for _, k in SAMPLE_COLUMNS]
-                                                         for s in result["samples"]])
-        lines += ["", "L1: generated vs ground-truth motion latents, with the audio and with it dropped; audio gain = "
-                  "their ratio. Lip-sync: correlation of the mouth region's change with the loudness change "
-                  "(-1..1, best of +-2 frame lags), in the generated, the ground-truth reconstruction and the "
-                  "audio-dropped videos. fps: frames per second of motion generation and end to end (with "
-                  "rendering).", ""]
-    else:
-        lines += ["No samples yet (floatctl sample RUN writes samples/<checkpoint>/metrics.json).", ""]
-    return "\n".join(lines)
-
-
-def evaluate(run: Path, max_rows: int = 12) -> tuple[dict, str]:
-    """Collect, write RUN/eval.json and RUN/eval.md, return both."""
     result = collect(run)
-    markdown = to_markdown(result, max_rows)
-    (Path(run) / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    (Path(run) / "eval.md").write_text(markdown)
-    return result, markdown
+    sets = run_sets(run)
+    if result["validation"] is None and not result["samples"] and not sets:
+        raise TrainerError(f"{run}: nothing to evaluate: no {METRICS_FILE}, no samples/*/metrics.json and no "
+                           f"rendered samples (train with floatctl train, then floatctl sample {run})")
+    note, written = None, []
+    if not faces:
+        note = "Face metrics not asked for (--no-faces)."
+    elif sets and not face_models.available():
+        note = NO_FACE_MODELS
+    result["faces"] = []
+    if sets and note is None:
+        result["faces"], written = score_sets(sets, run, user, identity_every, log)
+    markdown = "\n".join([f"# Evaluation of {run}", "", *run_markdown(result, max_rows),
+                          *report.faces_markdown(result["faces"], note)])
+    return result, markdown, _write(run, result, markdown) + written
+
+
+def evaluate_paired(generated: Path, real: Path, reference: Path | None, out: Path | None,
+                    identity_every: int = 1, user: UserMetrics | None = None,
+                    log: Callable[[str], None] = print) -> tuple[dict, str, list[str]]:
+    """Two folders of mp4s paired by name; eval.* go to ``out`` (default: the generated folder)."""
+    sample_set = paired_set(generated, real, reference)
+    if not face_models.available():
+        raise TrainerError(NO_FACE_MODELS)
+    folder = Path(out) if out is not None else Path(generated)
+    folder.mkdir(parents=True, exist_ok=True)
+    scored, written = score_sets([sample_set], folder, user, identity_every, log)
+    result = {"run": str(generated), "real": str(real), "reference": str(reference) if reference else None,
+              "validation": None, "samples": [], "faces": scored}
+    markdown = "\n".join([f"# Evaluation of {generated} against {real}", "", *report.faces_markdown(scored)])
+    return result, markdown, _write(folder, result, markdown) + written
 
 
 def eval_run(
-    run: Path = typer.Argument(..., help="Run folder (runs/NAME): its metrics.jsonl and samples/*/metrics.json."),
+    runs: Optional[List[Path]] = typer.Argument(None, help="Run folders (runs/NAME): their metrics.jsonl, "
+                                                "samples/*/metrics.json and rendered samples."),
+    generated: Optional[Path] = typer.Option(None, help="Instead of runs: a folder of generated NAME.mp4 "
+                                                         "(with --real)."),
+    real: Optional[Path] = typer.Option(None, help="The real NAME.mp4 for each generated one."),
+    reference: Optional[Path] = typer.Option(None, help="Reference images NAME.png/.jpg for CSIM (default: the "
+                                                        "first real frame)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for comparison.md / comparison.json of the runs; with "
+                                                  "--generated, for eval.md / eval.json (default: that folder)."),
     max_rows: int = typer.Option(12, help="Validation rows in the Markdown table (evenly spread; first, best and "
                                           "last always in). eval.json has them all."),
+    faces: bool = typer.Option(True, "--faces/--no-faces", help="Score rendered samples with dlib's face models "
+                                                                "(CSIM, LMD, landmark lip sync, ...)."),
+    identity_every: int = typer.Option(1, help="Embed the identity (CSIM) of every N-th frame only: the "
+                                               "slowest model."),
 ) -> None:
-    """Collect a run's validation curve and sample metrics into RUN/eval.md and RUN/eval.json."""
+    """Collect runs' validation curves and sample metrics and score their rendered samples with face metrics
+    into eval.md / eval.json; or score --generated against --real videos."""
+    runs = list(runs or [])
     if max_rows < 3:
         exit_with_error("--max-rows must be at least 3 (first, best and last)")
+    if identity_every < 1:
+        exit_with_error("--identity-every must be at least 1")
+    if (generated is None) != (real is None):
+        exit_with_error("--generated and --real go together (two folders of mp4s paired by name)")
+    if reference is not None and generated is None:
+        exit_with_error("--reference goes with --generated/--real (a run's samples have their references)")
+    if generated is not None and runs:
+        exit_with_error("give run folders or --generated/--real, not both")
+    if generated is None and not runs:
+        exit_with_error("nothing to evaluate: give a run folder (runs/NAME) or --generated DIR --real DIR")
+    log = lambda m: print(m, flush=True)  # noqa: E731
     try:
-        _, markdown = evaluate(run, max_rows)
+        if generated is not None:
+            _, markdown, written = evaluate_paired(generated, real, reference, out, identity_every, log=log)
+            print(markdown, flush=True)
+            print("written: " + ", ".join(written))
+            return
+        results = []
+        for run in runs:
+            result, markdown, written = evaluate(run, max_rows, faces, identity_every, log=log)
+            results.append(result)
+            print(markdown, flush=True)
+            print("written: " + ", ".join(written), flush=True)
     except TrainerError as e:
         exit_with_error(str(e))
-    print(markdown, flush=True)
-    print(f"written: {Path(run) / 'eval.md'}, {Path(run) / 'eval.json'}")
+    if len(results) > 1 or out is not None:
+        rows = report.comparison_rows(results)
+        comparison = report.comparison_markdown(rows)
+        print(comparison, flush=True)
+        if out is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / "comparison.md").write_text(comparison)
+            (Path(out) / "comparison.json").write_text(json.dumps(rows, indent=2) + "\n")
+            print(f"written: {Path(out) / 'comparison.md'}, {Path(out) / 'comparison.json'}")
