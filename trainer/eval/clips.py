@@ -92,7 +92,9 @@ def read_video(path: Path, half: str | None = None) -> np.ndarray:
     try:
         frames, _ = decode_video(str(path))
     except PreprocessError as e:
-        raise TrainerError(f"{path}: unreadable video ({e})") from None
+        reason = str(e)
+        raise TrainerError(f"unreadable video: {reason}" if str(path) in reason else
+                           f"unreadable video: {path}: {reason}") from None
     if half is None:
         return frames
     width = frames.shape[2] // 2
