@@ -151,3 +151,18 @@ def test_no_faces_option_keeps_the_tables_and_skips_the_face_models(face, tmp_pa
     assert result.exit_code == 0, result.output
     assert "Face metrics not asked for" in (run / "eval.md").read_text()
     assert json.loads((run / "eval.json").read_text())["faces"] == []
+
+
+def test_an_older_sample_folder_takes_the_truth_from_the_side_by_side_with_its_captions_blanked(face, tmp_path):
+    from trainer.render import side_by_side
+
+    folder = tmp_path / "run" / "samples" / "final_step_3"
+    video = still_video(face)
+    mp4(folder / "k.mp4", video, speech())
+    mp4(folder / "k.gt_vs_generated.mp4", side_by_side(video, video), speech())  # captioned halves
+    (folder / "metrics.json").write_text(json.dumps({"items": [{"name": "k"}], "settings": {"step": 3}}))
+    result = invoke(tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    clip = json.loads((tmp_path / "run" / "eval.json").read_text())["faces"][0]["clips"][0]
+    assert clip["psnr_generated"] > 35  # the same face: the captions ("ground truth", "generated") do not count
+    assert clip["lmd_generated"] < 1.0 and clip["face_rate_truth"] == 1.0

@@ -145,6 +145,9 @@ def load_clip(files: ClipFiles) -> Clip:
     if len(set(lengths)) > 1:
         notes.append(f"videos of {sorted(set(lengths))} frames: compared over the first {t}")
     generated = generated[:t]
+    if files.real_half and not files.generated_half:  # the real half had its caption blanked: so must these
+        generated = blank_captions(generated)
+        no_audio = blank_captions(no_audio) if no_audio is not None else None
     if real is not None and real.shape[1:3] != generated.shape[1:3]:
         notes.append(f"real frames resized from {real.shape[2]}x{real.shape[1]} to the generated size")
         real = _fit(real, generated)

@@ -31,6 +31,7 @@ VIDEOS = (("generated", "generated"), ("truth", "real"), ("no_audio", "no_audio"
 # Metric keys in table order: (key, heading, what it is).
 FACE_COLUMNS = (
     ("face_rate_generated", "face rate", "share of generated frames with a dlib HOG face"),
+    ("face_rate_truth", "face rate GT", "the same for the ground truth"),
     ("csim_generated", "CSIM gen.", "identity cosine similarity, generated frames vs the reference image"),
     ("csim_truth", "CSIM GT", "the same for the ground-truth reconstruction"),
     ("lmd_generated", "LMD", "mouth landmark distance to the ground truth, px at 256 px, eyes and nose aligned"),
