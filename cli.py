@@ -27,7 +27,8 @@ def _register() -> None:
     app.command("train", help="Train the Flow Matching Transformer on latent shards.")(train)
     app.command("train-motion", help="Train the motion auto-encoder (stage 1) on crop shards.")(train_motion)
     app.command(help="Generate motion from audio with a checkpoint and render it.")(sample)
-    app.command("eval", help="Score runs (validation, samples, face metrics: CSIM, LMD, lip sync, PSNR/SSIM) into eval.md / eval.json, side by side; or --generated vs --real mp4s.")(eval_run)
+    app.command("eval", help="Score runs (validation, samples, face metrics) into eval.md / eval.json, side by "
+                             "side; or --generated vs --real mp4s.")(eval_run)
     app.command(help="Write an official-format state dict (fmt.*, audio projection) from a checkpoint.")(export)
 
 

@@ -41,7 +41,8 @@ def mp4(path, frames, audio=None):
 
 
 def invoke(*args):
-    return CliRunner().invoke(app, ["eval", *map(str, args), "--identity-every", "5"])  # the slow model: 2 frames a clip
+    # The identity network is the slow model: 2 frames a clip are enough here.
+    return CliRunner().invoke(app, ["eval", *map(str, args), "--identity-every", "5"])
 
 
 @pytest.mark.skipif(not PORTRAIT.is_file(), reason="shared portrait missing")
