@@ -41,8 +41,8 @@ def mp4(path, frames, audio=None):
 
 
 def invoke(*args):
-    # The identity network is the slow model: 2 frames a clip are enough here.
-    return CliRunner().invoke(app, ["eval", *map(str, args), "--identity-every", "5"])
+    # The identity network is the slow model: one frame a video is enough here.
+    return CliRunner().invoke(app, ["eval", *map(str, args), "--identity-every", "10"])
 
 
 @pytest.mark.skipif(not PORTRAIT.is_file(), reason="shared portrait missing")
@@ -167,3 +167,26 @@ def test_an_older_sample_folder_takes_the_truth_from_the_side_by_side_with_its_c
     clip = json.loads((tmp_path / "run" / "eval.json").read_text())["faces"][0]["clips"][0]
     assert clip["psnr_generated"] > 35  # the same face: the captions ("ground truth", "generated") do not count
     assert clip["lmd_generated"] < 1.0 and clip["face_rate_truth"] == 1.0
+
+
+def test_user_weight_metrics_plug_in_per_clip_and_per_set(face, tmp_path):
+    from trainer.eval.clips import paired_set
+    from trainer.eval.score import UserMetrics, score_set
+
+    mp4(tmp_path / "gen" / "a.mp4", still_video(face, 3), speech())
+    mp4(tmp_path / "real" / "a.mp4", still_video(face))
+    seen = {}
+
+    def per_clip(clip):  # what LSE gets: the generated frames and the 16 kHz waveform
+        seen["clip"] = (clip.generated.shape, clip.generated.dtype, clip.waveform.shape, clip.reference.shape)
+        return {"lse_c": 7.5}
+
+    def per_set(reals, fakes):  # what FID / FVD get: the lists of real and generated videos
+        seen["set"] = (len(reals), reals[0].shape, fakes[0].shape)
+        return {"fid": 12.0}
+
+    result = score_set(paired_set(tmp_path / "gen", tmp_path / "real"), UserMetrics([per_clip], [per_set]),
+                       identity_every=10, log=lambda m: None)
+    assert seen["clip"] == ((FRAMES, SIZE, SIZE, 3), np.uint8, (FRAMES * SAMPLES_PER_FRAME,), (SIZE, SIZE, 3))
+    assert seen["set"] == (1, (FRAMES, SIZE, SIZE, 3), (FRAMES, SIZE, SIZE, 3))
+    assert result["clips"][0]["lse_c"] == 7.5 and result["mean"]["lse_c"] == 7.5 and result["mean"]["fid"] == 12.0

@@ -107,7 +107,7 @@ def plot_vs_step(sets: list[dict], path: Path) -> Path | None:
         ax.tick_params(labelsize=7)
         if i == 0:
             ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.08, top=0.94, hspace=0.6, wspace=0.3)  # tight_layout: 1 s
     fig.savefig(path, dpi=80)
     return Path(path)
 
