@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from trainer.eval.score import FACE_COLUMNS
 
@@ -92,6 +93,7 @@ def plot_vs_step(sets: list[dict], path: Path) -> Path | None:
     if not series:
         return None
     columns = _columns([s["mean"] for v in series.values() for s in v])
+    colours = dict(zip(series, ("tab:blue", "tab:orange")))  # fixed per series: panels may lack one of them
     cols = 4
     rows = -(-len(columns) // cols)
     fig = Figure(figsize=(4 * cols, 2.8 * rows))
@@ -101,13 +103,13 @@ def plot_vs_step(sets: list[dict], path: Path) -> Path | None:
         for label, points in series.items():
             xy = [(s["step"], s["mean"][key]) for s in points if s["mean"].get(key) is not None]
             if xy:
-                ax.plot(*zip(*xy), marker="o", label=label)
+                ax.plot(*zip(*xy), marker="o", label=label, color=colours[label])
         ax.set_title(heading, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
-        if i == 0:
-            ax.legend(fontsize=7)
-    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.08, top=0.94, hspace=0.6, wspace=0.3)  # tight_layout: 1 s
+    fig.legend(handles=[Line2D([], [], color=c, marker="o", label=label) for label, c in colours.items()],
+               loc="upper right", fontsize=8)
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.08, top=0.9, hspace=0.6, wspace=0.3)  # tight_layout: 1 s
     fig.savefig(path, dpi=80)
     return Path(path)
 
