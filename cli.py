@@ -19,7 +19,7 @@ def _register() -> None:
     from preprocess.command import inspect, shards
     from trainer.app.command import app as app_command
     from trainer.command import train, train_motion
-    from trainer.eval_command import eval_run
+    from trainer.eval.command import eval_run
     from trainer.export import export
     from trainer.sample.command import sample
 
@@ -28,7 +28,8 @@ def _register() -> None:
     app.command("train", help="Train the Flow Matching Transformer on latent shards.")(train)
     app.command("train-motion", help="Train the motion auto-encoder (stage 1) on crop shards.")(train_motion)
     app.command(help="Generate motion from audio with a checkpoint and render it.")(sample)
-    app.command("eval", help="Collect a run's validation curve, lip-sync and speed into eval.md / eval.json.")(eval_run)
+    app.command("eval", help="Score runs (validation, samples, face metrics) into eval.md / eval.json, side by "
+                             "side; or --generated vs --real mp4s.")(eval_run)
     app.command("app", help="Serve a local web page that animates a portrait with a checkpoint and watches a run.")(
         app_command)
     app.command(help="Write an official-format state dict (fmt.*, audio projection) from a checkpoint.")(export)

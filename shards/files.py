@@ -160,6 +160,26 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
+def atomic_write_image(path: str | Path, rgb) -> None:
+    """An RGB uint8 image (H, W, 3) as PNG or JPEG (by the suffix), written by the one rule above."""
+    import cv2
+
+    suffix = Path(path).suffix.lower() or ".png"
+    ok, buf = cv2.imencode(suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"{path}: the image could not be encoded as {suffix}")
+    atomic_write_bytes(path, lambda f: f.write(buf.tobytes()))
+
+
+def atomic_write_figure(path: str | Path, figure, **savefig) -> None:
+    """A matplotlib figure as PNG, written by the one rule above (``savefig`` options pass through)."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", **savefig)
+    atomic_write_bytes(path, lambda f: f.write(buffer.getvalue()))
+
+
 def check_writable(folder: str | Path, option: str = "--out") -> None:
     """Create ``folder`` and write, sync and delete a probe file in it: StorageError (naming ``option``) before
     any work is done when it cannot be written."""

@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from trainer.eval_command import pick_rows
+from trainer.eval.run_summary import pick_rows
 from test_sample import run  # noqa: F401  (a tiny trained checkpoint and its shards)
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from float.config import SAMPLES_PER_FRAME
-from trainer.lipsync import lag_correlation, lipsync_score, mouth_box, mouth_change
+from trainer.eval.lipsync import lag_correlation, lipsync_score, mouth_box, mouth_change
 
 SIZE, T = 64, 100
 
@@ -82,7 +82,7 @@ def test_face_rate_tells_a_face_from_noise():
     import cv2
     from skimage.data import astronaut
 
-    from trainer.lipsync import face_rate
+    from trainer.eval.lipsync import face_rate
 
     face = cv2.resize(astronaut()[30:230, 130:330], (128, 128), interpolation=cv2.INTER_AREA)
     frames = np.stack([face] * 6)

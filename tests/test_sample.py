@@ -143,6 +143,10 @@ def test_sample_with_no_option_renders_held_out_clips_and_reports_errors(run):
         assert video_info(out / f"{key}.mp4") == {"frames": frames, "fps": 25.0, "width": SIZE, "audio": False}
         side = video_info(out / f"{key}.gt_vs_generated.mp4")
         assert side["frames"] == frames and side["width"] == 2 * SIZE
+        for own in ("truth", "no_audio"):  # on their own, for floatctl eval
+            assert video_info(out / f"{key}.{own}.mp4") == {"frames": frames, "fps": 25.0, "width": SIZE,
+                                                              "audio": False}
+        assert (out / f"{key}.reference.png").read_bytes()[:4] == b"\x89PNG"
         assert (out / f"{key}.plot.png").read_bytes()[:4] == b"\x89PNG"
         assert key in result.output
     assert metrics["speed"]["motion_frames_per_s"] > 0 and metrics["speed"]["end_to_end_frames_per_s"] > 0

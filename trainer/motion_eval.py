@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from shards.files import atomic_write_bytes, writing
+from shards.files import atomic_write_image, writing
 
 
 def psnr(images: Tensor, targets: Tensor) -> Tensor:
@@ -32,13 +32,8 @@ def pair_grid(source: Tensor, driving: Tensor, recon: Tensor) -> np.ndarray:
 
 def save_pair_grid(path: Path, source: Tensor, driving: Tensor, recon: Tensor) -> Path:
     """A PNG of pair_grid."""
-    import cv2
-
     grid = pair_grid(source, driving, recon)
-    ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError(f"{path}: the sample grid could not be encoded as PNG")
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, lambda f: f.write(png.tobytes()))  # the one writer: StorageError on a full disk
+    atomic_write_image(path, grid)  # the one writer: StorageError on a full disk
     return path

@@ -12,6 +12,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from shards.files import atomic_write_figure, writing
 from trainer.logging import METRICS_FILE, read_metrics
 
 # The curves worth a panel each, in order; whichever the run logged (FMT or stage 1).
@@ -76,8 +77,9 @@ def plot_curves(records: list[dict], path: Path, title: str) -> Path | None:
         ax.grid(alpha=0.3)
     fig.axes[-1].set_xlabel("step")
     fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(str(path), format="png")
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_figure(path, fig)
     return path
 
 

@@ -8,6 +8,8 @@ into ``--out`` (default runs/NAME/samples/<ckpt-stem>/) per clip:
   KEY.motion.pt          generated (and ground-truth) motion latents
   KEY.mp4                the motion decoder's rendering (25 fps), with the clip's audio
   KEY.gt_vs_generated.mp4  ground truth | generated, both rendered by the decoder
+  KEY.truth.mp4, KEY.no_audio.mp4, KEY.reference.png  the ground truth, the audio dropped and the
+                         reference crop on their own, for floatctl eval
   KEY.plot.png           motion principal components against the audio energy
   metrics.json           errors and speed
 ``--audio FILE --image FILE`` generates for new inputs instead (NAME.* files).
@@ -38,10 +40,11 @@ from shards.heldout import pick_split, read_heldout_clips
 from shards.tar import ShardError
 from trainer.checkpoints import default_output_dir, load_manifest, load_sampling_model
 from trainer.errors import SampleError, exit_with_error
-from trainer.lipsync import clip_lipsync, face_rate, mean_lipsync
+from trainer.eval.clips import write_reference
+from trainer.eval.lipsync import clip_lipsync, face_rate, mean_lipsync
 from trainer.sample.generate import generate, motion_errors, save_latents
 from trainer.sample.media_input import (EMOTION_CHOICES, InputError, emotion_name, emotion_vector, load_audio,
-                                 load_reference_image, parse_emotion)
+                                        load_reference_image, parse_emotion)
 from trainer.sample.official import official_state, run_official_sample
 from trainer.sample.options import SampleOptions, SampleResult
 from trainer.sample.plot import feature_energy, plot_motion
@@ -190,13 +193,18 @@ def _render(s: Session, item: Item, motion: Tensor, entry: dict, silent: Tensor 
     s.add_file("video", write_mp4(s.out / f"{item.name}.mp4", video, audio=item.waveform))
     s.render_seconds += time.perf_counter() - start
     s.rendered_frames += len(motion)
-    truth = None
+    s.add_file("reference", write_reference(s.out / f"{item.name}.reference.png", item.reference))
+    truth = no_audio = None
     if item.target is not None:
         truth = render_motion(autoencoder, reference, torch.as_tensor(item.target), s.o.render_batch)
         s.add_file("side_by_side", write_mp4(s.out / f"{item.name}.gt_vs_generated.mp4",
                                              side_by_side(truth, video), audio=item.waveform))
+        # On its own (no caption) for floatctl eval, as are the audio-dropped video and the reference image.
+        s.add_file("truth", write_mp4(s.out / f"{item.name}.truth.mp4", truth, audio=item.waveform))
+    if silent is not None:
+        no_audio = render_motion(autoencoder, reference, silent, s.o.render_batch)
+        s.add_file("no_audio", write_mp4(s.out / f"{item.name}.no_audio.mp4", no_audio, audio=item.waveform))
     if item.waveform is not None:  # the lip-sync proxy of the generated, ground-truth and audio-dropped videos
-        no_audio = render_motion(autoencoder, reference, silent, s.o.render_batch) if silent is not None else None
         log(clip_lipsync(entry, item.name, item.waveform, video, truth, no_audio))
     entry["face_rate_generated"] = face_rate(video)
     if truth is not None:
@@ -322,7 +330,7 @@ def _run_sample(o: SampleOptions, log: Callable[[str], None]) -> SampleResult:
     atomic_write_text(metrics_path, json.dumps(s.result.metrics, indent=2) + "\n")
     s.add_file("metrics", metrics_path)
     log(f"outputs in {out}:")
-    for kind in ("video", "side_by_side", "plot", "latents", "metrics"):
+    for kind in ("video", "side_by_side", "truth", "no_audio", "reference", "plot", "latents", "metrics"):
         for path in s.result.files.get(kind, []):
             log(f"  {kind.replace('_', ' '):13s} {path}")
     if s.result.decoder_random and s.result.rendered:

@@ -43,7 +43,7 @@ from preprocess.media import frame_energy
 from shards.files import atomic_write_text
 from trainer.checkpoints import default_output_dir
 from trainer.errors import SampleError
-from trainer.lipsync import clip_lipsync, mean_lipsync
+from trainer.eval.lipsync import clip_lipsync, mean_lipsync
 from trainer.sample.generate import generate, save_latents
 from trainer.sample.media_input import InputError, emotion_name, emotion_vector, load_audio, parse_emotion, read_image
 from trainer.sample.options import SampleOptions, SampleResult

@@ -24,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from float.config import FPS
+from shards.files import atomic_write_figure, writing
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 
@@ -133,6 +134,7 @@ def plot_motion(path: str | Path, motion: np.ndarray, energy: np.ndarray | None 
         _panel(ax, t, sc, explained, name, fitted, energy, energy_label, component)
     axes[-1].set_xlabel("time (s)")
     fig.suptitle(title or "motion trajectory")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(str(path), format="png")
+    with writing(path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_figure(path, fig)
     return info

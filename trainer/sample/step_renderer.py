@@ -31,7 +31,7 @@ from shards.format import META, REFERENCE
 from shards.remote import join_location
 from shards.sample import decode_reference, read_meta
 from shards.tar import iter_tar_samples
-from trainer.lipsync import clip_lipsync, mean_lipsync
+from trainer.eval.lipsync import clip_lipsync, mean_lipsync
 from trainer.media_log import MediaLog, clip_tag, strip_image, strip_picks
 from trainer.sample.plot import plot_motion
 from trainer.sample.render import encode_reference, label_frames, render_motion, side_by_side, write_mp4

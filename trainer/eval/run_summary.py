@@ -1,47 +1,26 @@
-"""`floatctl eval RUN`: one table of a run's results, in Markdown and JSON, ready for a paper.
-
-It collects what the run already wrote, nothing is recomputed:
+"""What a run already wrote, collected for `floatctl eval` (nothing is recomputed here):
   validation  the ``val`` rows of RUN/metrics.jsonl (latent-space losses, generation errors with and without
               the audio, their ratio), the best step by ``val_total`` and the last one;
   samples     every RUN/samples/*/metrics.json that ``floatctl sample`` wrote: generation errors, the
-              lip-sync proxy (generated, ground-truth reconstruction, audio dropped; trainer/lipsync.py)
+              lip-sync proxy (generated, ground-truth reconstruction, audio dropped; trainer/eval/lipsync.py)
               and the sampling speed in frames per second.
-Writes RUN/eval.md and RUN/eval.json and prints the Markdown. Exit code 2 when the folder holds neither.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import typer
-
-from trainer.errors import TrainerError, exit_with_error
+from trainer.eval.report import fmt, table
 from trainer.logging import METRICS_FILE
-from shards.files import atomic_write_text  # the one writer: a full disk is one StorageError line
 
 VAL_COLUMNS = ("val_total", "val_current", "val_preceding", "val_velocity", "gen_l1_audio", "gen_l1_no_audio",
                "gen_audio_gain")
 SAMPLE_COLUMNS = (  # (heading, key in the collected row)
     ("samples", "name"), ("step", "step"), ("weights", "weights"), ("NFE", "nfe"), ("grid", "grid"),
     ("clips", "clips"), ("L1 audio", "l1_audio"), ("L1 no audio", "l1_no_audio"), ("audio gain", "audio_gain"),
-    ("lip-sync gen.", "lipsync_generated"), ("lip-sync GT", "lipsync_truth"),
-    ("lip-sync no audio", "lipsync_no_audio"), ("motion fps", "motion_fps"), ("end-to-end fps", "end_to_end_fps"),
+    ("proxy lip-sync gen.", "lipsync_generated"), ("proxy lip-sync GT", "lipsync_truth"),
+    ("proxy lip-sync no audio", "lipsync_no_audio"), ("motion fps", "motion_fps"), ("end-to-end fps", "end_to_end_fps"),
     ("device", "device"))
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _table(headings: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(headings) + " |", "|" + "|".join("---" for _ in headings) + "|"]
-    return lines + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
 
 
 def pick_rows(rows: list[dict], best: dict | None, limit: int) -> list[dict]:
@@ -93,20 +72,17 @@ def sample_summary(folder: Path) -> dict | None:
 
 
 def collect(run: Path) -> dict:
+    """{"run", "validation": validation_summary or None, "samples": [sample_summary rows]}."""
     run = Path(run)
-    if not run.is_dir():
-        raise TrainerError(f"{run}: no such run folder")
     validation = validation_summary(run)
     folders = sorted(p.parent for p in (run / "samples").glob("*/metrics.json")) if (run / "samples").is_dir() else []
     samples = [s for s in map(sample_summary, folders) if s is not None]
-    if validation is None and not samples:
-        raise TrainerError(f"{run}: nothing to evaluate: no {METRICS_FILE} and no samples/*/metrics.json "
-                           f"(train with floatctl train, then floatctl sample {run})")
     return {"run": str(run), "validation": validation, "samples": samples}
 
 
-def to_markdown(result: dict, max_rows: int = 12) -> str:
-    lines = [f"# Evaluation of {result['run']}", ""]
+def run_markdown(result: dict, max_rows: int = 12) -> list[str]:
+    """The validation and sample-metric sections of a run's eval.md."""
+    lines = []
     v = result["validation"]
     if v is None:
         lines += [f"No validation curve ({METRICS_FILE} is missing).", ""]
@@ -116,45 +92,20 @@ def to_markdown(result: dict, max_rows: int = 12) -> str:
     else:
         shown = pick_rows(v["rows"], v["best"], max_rows)
         lines += ["## Validation (EMA weights)", ""]
-        lines += _table(["step", *v["columns"]], [[r["step"], *(r[c] for c in v["columns"])] for r in shown])
+        lines += table(["step", *v["columns"]], [[r["step"], *(r[c] for c in v["columns"])] for r in shown])
         note = f"{len(shown)} of {len(v['rows'])} validations shown." if len(shown) < len(v["rows"]) else ""
         if v["best"] is not None:
-            note = f"Best val_total {_fmt(v['best']['val_total'])} at step {v['best']['step']}. " + note
+            note = f"Best val_total {fmt(v['best']['val_total'])} at step {v['best']['step']}. " + note
         lines += ["", note.strip(), ""] if note else [""]
     if result["samples"]:
         lines += ["## Samples (floatctl sample)", ""]
-        lines += _table([h for h, _ in SAMPLE_COLUMNS], [[s[k] for _, k in SAMPLE_COLUMNS]
+        lines += table([h for h, _ in SAMPLE_COLUMNS], [[s[k] for _, k in SAMPLE_COLUMNS]
                                                          for s in result["samples"]])
         lines += ["", "L1: generated vs ground-truth motion latents, with the audio and with it dropped; audio gain = "
                   "their ratio. Lip-sync: correlation of the mouth region's change with the loudness change "
                   "(-1..1, best of +-2 frame lags), in the generated, the ground-truth reconstruction and the "
                   "audio-dropped videos. fps: frames per second of motion generation and end to end (with "
-                  "rendering).", ""]
+                  "rendering). The face metrics below replace the proxy where a face is found.", ""]
     else:
         lines += ["No samples yet (floatctl sample RUN writes samples/<checkpoint>/metrics.json).", ""]
-    return "\n".join(lines)
-
-
-def evaluate(run: Path, max_rows: int = 12) -> tuple[dict, str]:
-    """Collect, write RUN/eval.json and RUN/eval.md, return both."""
-    result = collect(run)
-    markdown = to_markdown(result, max_rows)
-    atomic_write_text(Path(run) / "eval.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(Path(run) / "eval.md", markdown)
-    return result, markdown
-
-
-def eval_run(
-    run: Path = typer.Argument(..., help="Run folder (runs/NAME): its metrics.jsonl and samples/*/metrics.json."),
-    max_rows: int = typer.Option(12, help="Validation rows in the Markdown table (evenly spread; first, best and "
-                                          "last always in). eval.json has them all."),
-) -> None:
-    """Collect a run's validation curve and sample metrics into RUN/eval.md and RUN/eval.json."""
-    if max_rows < 3:
-        exit_with_error("--max-rows must be at least 3 (first, best and last)")
-    try:
-        _, markdown = evaluate(run, max_rows)
-    except TrainerError as e:
-        exit_with_error(str(e))
-    print(markdown, flush=True)
-    print(f"written: {Path(run) / 'eval.md'}, {Path(run) / 'eval.json'}")
+    return lines

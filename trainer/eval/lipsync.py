@@ -149,3 +149,38 @@ def face_rate(frames: np.ndarray, every: int = 2) -> float:
     if len(picked) == 0:
         return 0.0
     return float(np.mean([len(detect_faces(frame, detect_height=frame.shape[0] * 2)) > 0 for frame in picked]))
+
+
+# ---------------------------------------------------------------- from face landmarks
+MIN_FACE_RATE = 0.5  # below this share of frames with a face, the landmark score gives way to the proxy
+
+
+def landmark_lipsync(opening: np.ndarray, waveform: np.ndarray, max_lag: int = MAX_LAG) -> dict:
+    """Mouth opening per frame (T,; NaN where no face; trainer/eval/metrics.mouth_opening) against the
+    audio envelope (per-frame RMS): {"r", "lag", "r_lag0", "frames", "method": "landmarks"}. A mouth
+    opens when the voice is loud, so the signals themselves are compared, not their changes.
+    Frames without a face are interpolated from their neighbours."""
+    opening = np.asarray(opening, np.float64)
+    found = np.isfinite(opening)
+    out = {"method": "landmarks", "frames": int(len(opening)), "face_frames": int(found.sum())}
+    if found.sum() < MIN_FRAMES:
+        return {**out, "r": None, "lag": 0, "r_lag0": None, "note": f"a face in fewer than {MIN_FRAMES} frames"}
+    filled = np.interp(np.arange(len(opening)), np.flatnonzero(found), opening[found])
+    envelope = frame_energy(waveform, len(opening))
+    r, lag = lag_correlation(filled, envelope, max_lag)
+    out.update(r=r, lag=lag, r_lag0=_pearson(filled, envelope))
+    if r is None:
+        out["note"] = "a constant signal (still mouth or silent audio)"
+    return out
+
+
+def best_lipsync(frames: np.ndarray, opening: np.ndarray | None, waveform: np.ndarray) -> dict:
+    """The landmark score where a face is found in at least MIN_FACE_RATE of the frames, else the
+    mouth-box proxy, with "method" and a "note" saying why."""
+    if opening is not None and np.isfinite(opening).mean() >= MIN_FACE_RATE:
+        return landmark_lipsync(opening, waveform)
+    score = {**lipsync_score(frames, waveform), "method": "mouth-box proxy"}
+    rate = 0.0 if opening is None else float(np.isfinite(opening).mean())
+    score["note"] = (score.get("note", "") + "; " if score.get("note") else "") + \
+        f"a face in {100 * rate:.0f}% of the frames: the mouth-box proxy instead of landmarks"
+    return score
