@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from weight_file_cases import calibrate_batchnorm
+
 
 def same_pad(size: int, kernel: int, stride: int) -> List[int]:
     """TensorFlow 'SAME' padding (front, back) for one axis, as pytorch-i3d computes it."""
@@ -94,10 +96,6 @@ def seeded_i3d(seed: int = 0, resize_to: int = 224) -> InceptionI3dDetector:
     """The detector with seeded weights and BatchNorm statistics, in eval mode."""
     torch.manual_seed(seed)
     net = InceptionI3dDetector(resize_to=resize_to)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm3d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.8, 1.2)
-    return net.eval()
+    clips = torch.randint(0, 256, (4, 3, 16, 32, 32), generator=torch.Generator().manual_seed(seed + 1),
+                          dtype=torch.uint8)
+    return calibrate_batchnorm(net, lambda n: n(clips, rescale=True, resize=True, return_features=True))

@@ -60,7 +60,7 @@ def test_fvd_score_matches_the_reference_formula(i3d_file, one_thread):
     fake_feats = direct_features(fake)
     assert real_feats.shape == (2, 400)
     reference = closed_form_frechet(real_feats, fake_feats)
-    assert reference > 0
+    assert reference > 1.0  # features that differ (BatchNorm calibrated: weight_file_cases.calibrate_batchnorm)
     assert score == pytest.approx(reference, rel=1e-4, abs=1e-6)
 
 

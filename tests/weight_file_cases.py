@@ -32,3 +32,20 @@ def code_running_pickle(dst: Path, marker: Path) -> Path:
 
 def one_line(message: str) -> bool:
     return "\n" not in message.strip()
+
+
+def calibrate_batchnorm(net: torch.nn.Module, forward) -> torch.nn.Module:
+    """Set every BatchNorm's running statistics from one forward pass (``forward(net)``) in training mode.
+
+    Seeded weights with made-up running statistics let activations shrink layer by layer: in a 50-layer
+    Inception every image then gets the same features (spread 1e-9) and any Frechet distance is 0, which
+    would make the formula tests pass for any formula. Statistics measured on the input keep each layer's
+    output near unit scale, so different inputs get clearly different features."""
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: after one pass, exactly that batch's statistics
+    net.train()
+    with torch.no_grad():
+        forward(net)
+    return net.eval()

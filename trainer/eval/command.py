@@ -10,6 +10,9 @@ several runs (or --out) it prints one comparison table, written to OUT/compariso
 ``floatctl eval --generated DIR --real DIR [--reference DIR]`` scores any two folders of mp4s paired by
 name instead; eval.md / eval.json go to --out (default: the --generated folder).
 
+FID, FVD and LSE-C/D come from network files the user names (``--inception``, ``--i3d``, ``--syncnet``, or
+those keys in ``--config``; trainer/eval/user_weights.py); each file is checked before any video is scored.
+
 Exit code 2 on bad input: nothing to evaluate, no such folder, no mp4s, unpaired names, an unreadable video.
 """
 from __future__ import annotations
@@ -27,6 +30,7 @@ from trainer.eval import report
 from trainer.eval.clips import SampleSet, paired_set, run_sets
 from trainer.eval.run_summary import collect, run_markdown
 from trainer.eval.score import UserMetrics, score_set
+from trainer.eval.user_weights import CONFIG_KEYS, load_user_metrics
 from trainer.logging import METRICS_FILE
 
 NO_FACE_MODELS = "Face metrics skipped: " + face_models.INSTALL_HINT
@@ -46,6 +50,22 @@ def score_sets(sets: list[SampleSet], folder: Path, user: UserMetrics | None, id
     if scored and report.plot_vs_step(scored, folder / "eval_vs_step.png"):
         written.append(str(folder / "eval_vs_step.png"))
     return scored, written
+
+
+def weight_files(config: Path | None, **given: Path | None) -> dict[str, Path | None]:
+    """The evaluation networks' files: the command line's, else the --config YAML's."""
+    if config is None:
+        return given
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(config).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise TrainerError(f"--config {config}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict) or set(data) - set(CONFIG_KEYS):
+        unknown = sorted(set(data) - set(CONFIG_KEYS)) if isinstance(data, dict) else data
+        raise TrainerError(f"--config {config}: takes the keys {', '.join(CONFIG_KEYS)}; not {unknown}")
+    return {k: v if v is not None else (Path(data[k]) if data.get(k) else None) for k, v in given.items()}
 
 
 def _write(folder: Path, result: dict, markdown: str) -> list[str]:
@@ -111,6 +131,11 @@ def eval_run(
                                                                 "(CSIM, LMD, landmark lip sync, ...)."),
     identity_every: int = typer.Option(1, help="Embed the identity (CSIM) of every N-th frame only: the "
                                                "slowest model."),
+    inception: Optional[Path] = typer.Option(None, help="FID: pytorch-fid's pt_inception-2015-12-05-6726825d.pth."),
+    i3d: Optional[Path] = typer.Option(None, help="FVD: the common FVD code's i3d_torchscript.pt."),
+    syncnet: Optional[Path] = typer.Option(None, help="LSE-C/D: syncnet_python's syncnet_v2.model."),
+    config: Optional[Path] = typer.Option(None, help="YAML with any of inception, i3d, syncnet (the command line "
+                                                     "wins)."),
 ) -> None:
     """Collect runs' validation curves and sample metrics and score their rendered samples with face metrics
     into eval.md / eval.json; or score --generated against --real videos."""
@@ -129,14 +154,16 @@ def eval_run(
         exit_with_error("nothing to evaluate: give a run folder (runs/NAME) or --generated DIR --real DIR")
     log = lambda m: print(m, flush=True)  # noqa: E731
     try:
+        files = weight_files(config, inception=inception, i3d=i3d, syncnet=syncnet)
+        user = load_user_metrics(**files, log=log)
         if generated is not None:
-            _, markdown, written = evaluate_paired(generated, real, reference, out, identity_every, log=log)
+            _, markdown, written = evaluate_paired(generated, real, reference, out, identity_every, user, log=log)
             print(markdown, flush=True)
             print("written: " + ", ".join(written))
             return
         results = []
         for run in runs:
-            result, markdown, written = evaluate(run, max_rows, faces, identity_every, log=log)
+            result, markdown, written = evaluate(run, max_rows, faces, identity_every, user, log=log)
             results.append(result)
             print(markdown, flush=True)
             print("written: " + ", ".join(written), flush=True)

@@ -13,6 +13,9 @@ from matplotlib.lines import Line2D
 
 from shards.files import atomic_write_figure, atomic_write_image
 from trainer.eval.score import FACE_COLUMNS
+from trainer.eval.user_weights import USER_COLUMNS
+
+COLUMNS = FACE_COLUMNS + USER_COLUMNS
 
 MAX_NOTES = 8  # distinct clip notes listed under a table
 
@@ -33,13 +36,13 @@ def table(headings: list[str], rows: list[list]) -> list[str]:
 
 
 def _columns(means: list[dict]) -> list[tuple[str, str, str]]:
-    """The face columns that at least one row has."""
-    return [c for c in FACE_COLUMNS if any(m.get(c[0]) is not None for m in means)]
+    """The metric columns that at least one row has."""
+    return [c for c in COLUMNS if any(m.get(c[0]) is not None for m in means)]
 
 
 def faces_markdown(sets: list[dict], note: str | None = None) -> list[str]:
     """The face-metric table of one run: a row per sample set (means over its clips), a legend, notes."""
-    lines = ["## Face metrics (dlib, shipped weights)", ""]
+    lines = ["## Rendered samples: face metrics (dlib, shipped weights) and those of the weights given", ""]
     if note:
         return lines + [note, ""]
     if not sets:
@@ -67,7 +70,7 @@ def comparison_rows(results: list[dict]) -> list[dict]:
     for result in results:
         for s in result.get("faces") or []:
             rows.append({"run": result["run"], "samples": s["name"], "step": s["step"], "clips": len(s["clips"]),
-                         **{k: s["mean"].get(k) for k, _, _ in FACE_COLUMNS}})
+                         **{k: s["mean"].get(k) for k, _, _ in COLUMNS}})
     return rows
 
 
