@@ -30,7 +30,7 @@ SHARD_ARGS := --out $(SHARDS) --preset $(PRESET) \
 	$(if $(WAV2VEC2),--wav2vec2 $(WAV2VEC2)) \
 	$(if $(SER),--ser $(SER))
 
-.PHONY: install test shards stage1 stage1-asset latents train sample demo bench clean
+.PHONY: install test shards stage1 stage1-asset latents train sample eval demo bench clean
 
 install: $(STAMP)
 
@@ -80,9 +80,13 @@ train: install
 sample: install
 	$(FLOATCTL) sample $(RUN)
 
+# The run's tables and the face metrics of its rendered samples (CSIM, LMD, landmark lip sync...): RUN/eval.md.
+eval: install
+	$(FLOATCTL) eval $(RUN)
+
 # The end-to-end job on the built-in default: synthetic shards and crops, stage-1 latents, FMT training, samples.
-demo: latents train sample
-	@echo "demo done: metrics in $(RUN)/metrics.jsonl, samples (videos, plots) in $(RUN)/samples/"
+demo: latents train sample eval
+	@echo "demo done: metrics in $(RUN)/metrics.jsonl, samples (videos, plots) in $(RUN)/samples/, scores in $(RUN)/eval.md"
 
 bench: install
 	$(PY) benchmarks/fmt_step.py
