@@ -35,6 +35,7 @@ import math
 import numpy as np
 
 from float.config import SAMPLES_PER_FRAME
+from preprocess import face_models
 from preprocess.media import frame_energy
 
 # (top, bottom, left, right) as fractions of the square face crop.
@@ -141,13 +142,19 @@ def mean_lipsync(entries: list[dict], log=None) -> dict:
 
 # ---------------------------------------------------------------- is it a face at all?
 def face_rate(frames: np.ndarray, every: int = 2) -> float:
-    """Fraction of frames (every ``every``-th) in which OpenCV's Haar frontal-face detector, the one the
-    shard stage crops with, finds a face: a rendered video of colour noise scores 0."""
-    from preprocess.face import detect_faces
-
+    """Fraction of frames (every ``every``-th) in which a face is found: dlib's HOG, as `floatctl eval` counts
+    (trainer/eval/faces.py), or OpenCV's Haar cascade where dlib is not installed. A rendered video of colour
+    noise scores 0."""
     picked = frames[::max(1, every)]
     if len(picked) == 0:
         return 0.0
+    if face_models.available():
+        from trainer.eval.faces import best_face, upsample_for
+
+        up = upsample_for(picked.shape[1])
+        return float(np.mean([best_face(frame, up) is not None for frame in picked]))
+    from preprocess.face import detect_faces
+
     return float(np.mean([len(detect_faces(frame, detect_height=frame.shape[0] * 2)) > 0 for frame in picked]))
 
 

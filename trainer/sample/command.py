@@ -31,6 +31,7 @@ from torch import Tensor
 
 from float.config import SAMPLES_PER_FRAME, SAMPLING_RATE
 from float.device import resolve_device
+from preprocess import face_models
 from preprocess.encode import EncoderSetupError
 from preprocess.face_pick import detector_kind
 from preprocess.manifest_encoders import build_audio_encoder, build_motion_autoencoder
@@ -209,7 +210,7 @@ def _render(s: Session, item: Item, motion: Tensor, entry: dict, silent: Tensor 
     entry["face_rate_generated"] = face_rate(video)
     if truth is not None:
         entry["face_rate_truth"] = face_rate(truth)
-    log(f"{item.name}: a face is detected in {100 * entry['face_rate_generated']:.0f}% of the generated frames"
+    log(f"{item.name}: a face ({'dlib' if face_models.available() else 'Haar'}) is found in {100 * entry['face_rate_generated']:.0f}% of the generated frames"
         + (f" ({100 * entry['face_rate_truth']:.0f}% of the ground-truth reconstruction's)" if truth is not None
            else ""))
     s.result.rendered = True
