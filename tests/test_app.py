@@ -244,7 +244,7 @@ def test_the_page_animates_a_portrait_in_a_real_browser(playwright_api, server, 
             fetched.write_bytes(page.request.get(src).body())
             assert video_info(fetched) == {"frames": int(SPEECH_SECONDS * 25), "audio": True}
             assert page.locator("#plot img").count() == 1
-            if os.environ.get("FLOAT_APP_SCREENSHOT"):  # how assets/app.png is made
+            if os.environ.get("FLOAT_APP_SCREENSHOT"):  # a picture of the page, on request
                 page.screenshot(path=os.environ["FLOAT_APP_SCREENSHOT"], full_page=True)
 
             # A non-image: its message on the page, and the page keeps working: now with a recording.
