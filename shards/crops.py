@@ -188,13 +188,19 @@ def read_crop_manifest(folder: str | Path, name: str = "manifest.json") -> dict:
     if not folder.is_dir():
         raise ManifestError(f"crop shard folder {folder} does not exist (write crops with `floatctl shards`)")
     manifest = read_manifest(folder, name)
+    check_crop_manifest(manifest, str(folder), str(folder / name))
+    return manifest
+
+
+def check_crop_manifest(manifest: dict, root: str, where: str) -> None:
+    """ManifestError when the manifest read at ``where`` (the manifest of ``root``: a folder, a
+    folder URL or a pattern) does not describe crop shards: latent shards, or frames not JPEG."""
     if manifest_kind(manifest) != CROPS_KIND:
-        raise _refuse_latents(str(folder))
+        raise _refuse_latents(root)
     frames = (manifest.get("features") or {}).get("frames") or {}
     if frames.get("size") != manifest["input_size"] or frames.get("format") != "jpeg":
-        raise ManifestError(f"{folder / name}: features.frames must give format jpeg and size "
+        raise ManifestError(f"{where}: features.frames must give format jpeg and size "
                             f"{manifest['input_size']}, got {frames}")
-    return manifest
 
 
 def crop_shard_urls(folder: str | Path, split: str = "train", manifest: dict | None = None) -> list[str]:

@@ -11,6 +11,8 @@ none has: without weights the sets are read as if they were one folder.
 Every set must hold latents of the same encoders: the shard sets' format, motion
 encoder fingerprint, audio features, emotion width, frame rate, sampling rate and
 crop size are compared at start, and a difference is refused with both values named.
+Crop shard sets (stage 1, ``floatctl train-motion``) mix by the same rule: their kind
+and crop size must agree (they carry no encoders).
 """
 from __future__ import annotations
 
@@ -132,8 +134,10 @@ def check_same_encoders(roots: list[DataRoot], manifests: list[dict]) -> None:
                 problems.append(f"{what} ({'.'.join(path)}): {roots[0].location} has {a!r}, "
                                 f"{root.location} has {b!r}")
     if problems:
-        raise ValueError("these shard sets cannot be mixed (their latents come from different encoders or "
-                         "settings; re-encode one of them):\n  - " + "\n  - ".join(problems))
+        what = ("crops of different sizes or kinds; rewrite one of them at the other's size"
+                if manifests[0].get("kind") == "crops" else
+                "their latents come from different encoders or settings; re-encode one of them")
+        raise ValueError(f"these shard sets cannot be mixed ({what}):\n  - " + "\n  - ".join(problems))
 
 
 def _get(node, path):

@@ -119,6 +119,8 @@ class CropPairs(TrainWindows):
     """Infinite (``resampled``) stream of frame pairs; see TrainWindows for streams and resume.
 
     ``size``: the expected crop side (from the crop manifest); frames of another size skip the clip.
+    ``stream_kwargs``: TrainWindows's mixing (``sources``, ``weights``: several crop sets drawn by
+    share) and unreadable-shard rule (``read_retries``, ``retry_delay``, ``max_failed_reads``).
     """
 
     read_members = _PAIR_MEMBERS
@@ -127,9 +129,9 @@ class CropPairs(TrainWindows):
 
     def __init__(self, urls: list[str], spec: PairSpec = PairSpec(), seed: int = 0, rank: int = 0,
                  world_size: int = 1, shuffle_buffer: int = 64, resampled: bool = True,
-                 shards_per_block: int = 2, size: int | None = None):
+                 shards_per_block: int = 2, size: int | None = None, **stream_kwargs):
         super().__init__(urls, spec, seed=seed, rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer,
-                         resampled=resampled, shards_per_block=shards_per_block)
+                         resampled=resampled, shards_per_block=shards_per_block, **stream_kwargs)
         self.size = size
 
     @property
@@ -155,7 +157,8 @@ def make_pair_loader(urls: list[str], batch_size: int, num_workers: int = 0, see
     """A WindowLoader of collated pair batches over CropPairs(urls, ...).
 
     ``state``: a saved ``state_dict()`` to continue from (strict). ``dataset_kwargs``:
-    shuffle_buffer, shards_per_block, resampled.
+    shuffle_buffer, shards_per_block, resampled, and CropPairs's stream_kwargs (sources and
+    weights of mixed sets: ``ShardSets.loader_kwargs``; the retry rule).
     """
     dataset = CropPairs(urls, PairSpec(pairs_per_clip, hard_fraction), seed=seed, rank=rank, world_size=world_size,
                         size=size, **dataset_kwargs)

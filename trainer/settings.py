@@ -233,7 +233,11 @@ def _cli_type(annotation) -> Any:
 class MotionSettings(CommonSettings):
     """Every option of ``floatctl train-motion`` (stage 1: the LIA-style motion auto-encoder)."""
 
-    data_root: List[str] = opt(None, "Crop-shard folder (written by `floatctl shards`) holding manifest.json.",
+    data_root: List[str] = opt(None, "Crop shards (written by `floatctl shards`): a folder holding manifest.json, "
+                                     "a folder URL (http/https, s3, gs) or a brace pattern (train-{000000..000009}"
+                                     ".tar; the manifest is read beside it). Repeat to mix sets of the same crop "
+                                     "size by share of clips: --data-root a:0.3 --data-root b:0.7 (val pairs come "
+                                     "from the first).",
                                factory=lambda: ["data/crops"])
     out: Optional[str] = opt(None, "Run folder (default: runs/motion-<preset>).")
     lr: Optional[float] = opt(None, "Peak learning rate of the auto-encoder (default per preset, printed).")

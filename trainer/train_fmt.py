@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 from torch import Tensor
@@ -17,6 +17,7 @@ from float.checkpoint import CheckpointError, load_official_state_dict, load_par
 from float.config import FloatConfig, get_preset
 from float.loss import LossWeights, rectified_flow_loss
 from float.model import FloatMotionModel, count_parameters
+from shards.format import KNOWN_MEMBERS
 from shards.loader import make_loader
 from shards.mix import ShardSets, open_shard_sets, parse_data_root
 from shards.remote import is_url
@@ -60,12 +61,13 @@ def read_shard_sets(data_root: list[str] | str) -> ShardSets:
         raise TrainingError(str(e)) from None
 
 
-def check_local_folders(sets: ShardSets, accept: bool, warn) -> int:
-    """Every local shard folder of the run against its manifest (shards/integrity.py); clips lost."""
+def check_local_folders(sets: ShardSets, accept: bool, warn, known_members: Collection[str] = KNOWN_MEMBERS) -> int:
+    """Every local shard folder of the run against its manifest (shards/integrity.py); clips lost.
+    ``known_members``: the members a shard of this kind holds (crop shards: CROP_ONLY_MEMBERS)."""
     lost = 0
     for root, manifest in zip(sets.roots, sets.manifests):
         if Path(root.location).is_dir():
-            lost += check_shard_folder(root.location, manifest, ("train", "val"), accept, warn=warn)
+            lost += check_shard_folder(root.location, manifest, ("train", "val"), accept, known_members, warn)
     return lost
 
 

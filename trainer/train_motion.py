@@ -7,6 +7,12 @@ or a weight-free structure loss) and, optionally, a StyleGAN2 discriminator's
 non-saturating term with lazy R1. The shared loop (trainer/loop.py) brings
 checkpoints with exact resume, EMA, AMP, DDP, logs and SIGTERM handling; this
 module adds the discriminator's step, held-out PSNR and the sample grids.
+
+The crop shards are found and streamed by the FMT's code: ``--data-root`` is a local
+folder, a folder URL or a brace pattern, repeated with weights to mix sets
+(trainer/train_fmt.py ``read_shard_sets``, shards/mix.py); the pair stream is
+TrainWindows's (shards/pairs.py), so mixing, the unreadable-shard rule and exact
+resume are the same as the FMT's.
 """
 from __future__ import annotations
 
@@ -22,11 +28,12 @@ from float.model import count_parameters
 from float.motion_autoencoder import MotionAutoEncoder
 from float.motion_training import MotionLossWeights, discriminator_losses, generator_losses, prepare_for_training
 from float.perceptual import PerceptualWeightsError, build_perceptual
-from shards.crops import CROP_ONLY_MEMBERS, crop_shard_urls, read_crop_manifest
-from shards.integrity import check_shard_folder
-from shards.manifest import ManifestError
+from shards.crops import CROP_ONLY_MEMBERS, check_crop_manifest
+from shards.errors import ManifestError
+from shards.mix import ShardSets
 from shards.pairs import ValPairs, make_pair_loader
-from shards.remote import is_url
+from shards.sources import manifest_location, shard_urls
+from shards.tar import ShardError, check_local_shards
 from trainer import run as setup
 from trainer.distributed import DistInfo, init_distributed, wrap_ddp
 from trainer.ema import EMA
@@ -37,6 +44,7 @@ from trainer.errors import TrainingError
 from trainer.run import MOTION_KIND, Run, to_device
 from trainer.schedule import resolve_schedule
 from trainer.settings import MotionSettings
+from trainer.train_fmt import check_local_folders, check_same_shards, read_shard_sets
 
 # From-scratch peak learning rates of the auto-encoder per preset (Adam, betas below).
 MOTION_LR = {"paper": 2e-3, "small": 2e-3, "tiny": 2e-3}
@@ -178,27 +186,35 @@ class MotionStage:
             raise TrainingError(f"checkpoint {path}: cannot restore the discriminator ({e})") from None
 
 
-def _crop_root(s: MotionSettings) -> str:
-    """Stage 1 reads one local crop-shard folder (mixing and URLs are for the FMT's latent shards)."""
-    if len(s.data_root) != 1:
-        raise TrainingError(f"train-motion reads one --data-root, got {len(s.data_root)}: {s.data_root}")
-    root = s.data_root[0]
-    if is_url(root) or root.startswith("pipe:"):
-        raise TrainingError(f"--data-root {root}: train-motion reads a local crop-shard folder; URLs are not "
-                            f"supported for crop shards (copy the folder to local disk and pass its path)")
-    return root
+def read_crop_sets(s: MotionSettings, warn=print) -> ShardSets:
+    """The run's crop-shard sets, read as `floatctl train` reads latent shards (trainer/train_fmt.py,
+    shards/mix.py): local folders, folder URLs, brace patterns, several mixed by weight (sets of other
+    crop sizes refused with the difference named). Every set's manifest must be a crop manifest; a
+    local folder whose shards differ from it is refused unless --accept-damaged-shards."""
+    for text in s.data_root:
+        if text.startswith("pipe:"):  # floatctl train cannot read one either: no manifest beside it
+            raise TrainingError(f"--data-root {text}: a pipe: command has no manifest.json beside it; pass the "
+                                f"crop shards' folder, folder URL or brace pattern")
+    sets = read_shard_sets(s.data_root)
+    for root, manifest in zip(sets.roots, sets.manifests):
+        try:
+            check_crop_manifest(manifest, root.location, manifest_location(root.location))
+        except ManifestError as e:
+            raise TrainingError(str(e)) from None
+    check_local_folders(sets, s.accept_damaged_shards, warn, CROP_ONLY_MEMBERS)
+    return sets
 
 
-def _read_crops(s: MotionSettings, warn=print) -> tuple[dict, list[str]]:
-    """The crop manifest and train shards; a folder whose shards differ from the manifest is refused
-    (DamagedShardsError) unless --accept-damaged-shards."""
+def _train_shards(sets: ShardSets) -> tuple[list[str], dict]:
+    """(train shard URLs, the pair stream's mixing arguments); local files checked to be whole tars."""
     try:
-        manifest = read_crop_manifest(_crop_root(s))
-        urls = crop_shard_urls(_crop_root(s), "train", manifest)
-    except (ManifestError, OSError, ValueError) as e:
+        urls, mix = sets.loader_kwargs("train")
+        check_local_shards(urls)
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"{manifest_location(sets.primary)}: {e}") from None
+    except ShardError as e:
         raise TrainingError(str(e)) from None
-    check_shard_folder(_crop_root(s), manifest, ("train", "val"), s.accept_damaged_shards, CROP_ONLY_MEMBERS, warn)
-    return manifest, urls
+    return urls, mix
 
 
 def _model_config(s: MotionSettings, preset: str, manifest: dict) -> FloatConfig:
@@ -209,14 +225,21 @@ def _model_config(s: MotionSettings, preset: str, manifest: dict) -> FloatConfig
         raise TrainingError(f"model config: {e}") from None
 
 
-def _val_batches(s: MotionSettings, manifest: dict, info: DistInfo, log) -> list[dict]:
+def _val_batches(s: MotionSettings, sets: ShardSets, info: DistInfo, log) -> list[dict]:
+    """Val pairs of the first --data-root (mixed sets validate on the first one, as the FMT does)."""
+    manifest = sets.manifests[0]
     if not info.is_main or (s.val_step <= 0 and s.sample_step <= 0):
         return []
     batches: list[dict] = []
     if (manifest["splits"].get("val") or {}).get("shards"):
-        val = ValPairs(crop_shard_urls(_crop_root(s), "val", manifest), s.val_pairs_per_clip, s.val_clips,
-                       seed=s.seed, size=int(manifest["input_size"]))
+        try:
+            val = ValPairs(shard_urls(sets.primary, "val", manifest), s.val_pairs_per_clip, s.val_clips,
+                           seed=s.seed, size=int(manifest["input_size"]))
+        except (OSError, ValueError) as e:  # a remote val shard that cannot be read: no fixed val set
+            raise TrainingError(f"val split of {sets.primary}: {e}") from None
         batches = [to_device(b, info.device) for b in val.batches(s.val_batch_size)]
+        if sets.mixed:
+            log.info(f"val pairs from the val split of the first --data-root, {sets.primary}")
     if not batches:
         log.info("warning: no val pairs (empty val split): validation and samples are skipped")
     return batches
@@ -230,11 +253,14 @@ def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
     preset = s.preset or setup.default_preset(device)
     run_dir = Path(s.out or f"runs/motion-{preset}")
     setup.check_out_writable(run_dir, info)
-    manifest, train_urls = _read_crops(s, print if info.is_main else (lambda message: None))
+    sets = read_crop_sets(s, print if info.is_main else (lambda message: None))
+    manifest = sets.manifest()
+    train_urls, mix = _train_shards(sets)
     cfg = _model_config(s, preset, manifest)
     resumed = setup.resume_point(s.resume, run_dir / "checkpoints", MOTION_KIND, info)
     if resumed is not None:
         setup.check_same_config(resumed[1], resumed[0], cfg)
+        check_same_shards(resumed[1], resumed[0], manifest)
     try:
         weights = MotionLossWeights(s.l1_weight, s.perceptual_weight, s.adversarial_weight)
         perceptual, perceptual_note = build_perceptual(s.perceptual_weights, device) \
@@ -276,10 +302,10 @@ def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
         num_workers = setup.worker_count(s, device)
         loader = make_pair_loader(train_urls, s.batch_size, num_workers, s.seed, info.rank, info.world_size,
                                   s.pairs_per_clip, pin_memory=device.type == "cuda", size=cfg.input_size,
-                                  shuffle_buffer=s.shuffle_buffer, hard_fraction=s.hard_pairs)
+                                  shuffle_buffer=s.shuffle_buffer, hard_fraction=s.hard_pairs, **mix)
         if stream_state is not None:
             loader.load_state_dict(stream_state, strict=False)
-        val_batches = _val_batches(s, manifest, info, log)
+        val_batches = _val_batches(s, sets, info, log)
         resolved = {"preset": preset, "device": str(device), "world_size": info.world_size,
                     "input_size": cfg.input_size, "ae_width": cfg.ae_width, "lr": schedule["lr"],
                     "warmup": schedule["warmup"], "init": init_note,
@@ -288,6 +314,7 @@ def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
                     "parameters": count_parameters(model),
                     "discriminator_parameters": count_parameters(discriminator) if discriminator else 0,
                     "train_shards": len(train_urls),
+                    "data_roots": " + ".join(r.location + (f" x{r.weight:g}" if r.weight else "") for r in sets.roots),
                     "val_pairs": sum(b["source"].shape[0] for b in val_batches)}
         log.info("floatctl train-motion: " + ", ".join(f"{k} {v}" for k, v in resolved.items()))
         log.info(f"losses: L1 x{s.l1_weight}, {perceptual_note} x{s.perceptual_weight}, adversarial "
