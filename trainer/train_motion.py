@@ -28,7 +28,7 @@ from float.model import count_parameters
 from float.motion_autoencoder import MotionAutoEncoder
 from float.motion_training import MotionLossWeights, discriminator_losses, generator_losses, prepare_for_training
 from float.perceptual import PerceptualWeightsError, build_perceptual
-from shards.crops import CROP_ONLY_MEMBERS, check_crop_manifest
+from shards.crops import CROP_MEMBERS, CROP_ONLY_MEMBERS, check_crop_manifest
 from shards.errors import ManifestError
 from shards.mix import ShardSets
 from shards.pairs import ValPairs, make_pair_loader
@@ -209,11 +209,11 @@ def _train_shards(sets: ShardSets) -> tuple[list[str], dict]:
     """(train shard URLs, the pair stream's mixing arguments); local files checked to be whole tars."""
     try:
         urls, mix = sets.loader_kwargs("train")
-        check_local_shards(urls)
+        check_local_shards(urls, CROP_MEMBERS)
+    except ShardError as e:  # names its file
+        raise TrainingError(str(e)) from None
     except (OSError, ValueError) as e:
         raise TrainingError(f"{manifest_location(sets.primary)}: {e}") from None
-    except ShardError as e:
-        raise TrainingError(str(e)) from None
     return urls, mix
 
 
