@@ -201,11 +201,15 @@ def test_accepting_a_damaged_set_knowingly_reports_the_clips_lost(crops, tmp_pat
     assert len(warning) == 1 and re.search(r"2 of 8 clips lost; training on the 6 that remain", warning[0]), output
 
 
-def test_train_motion_says_urls_are_not_supported(tmp_path):
+def test_train_motion_names_an_unreachable_url_and_refuses_a_pipe(tmp_path):
     code, output = floatctl("train-motion", "--data-root", "http://127.0.0.1:9/x", "--out", tmp_path / "run",
                             "--steps", "1", *QUIET)
     line = one_error_line(output)
-    assert code == 2 and "http://127.0.0.1:9/x" in line and "URLs are not supported" in line
+    assert code == 2 and "http://127.0.0.1:9/x/manifest.json: manifest not readable" in line
+    code, output = floatctl("train-motion", "--data-root", "pipe:cat x.tar", "--out", tmp_path / "run",
+                            "--steps", "1", *QUIET)
+    line = one_error_line(output)
+    assert code == 2 and "pipe:cat x.tar" in line and "no manifest.json beside it" in line
 
 
 # ---------------------------------------------------------------- one safe loader
