@@ -94,6 +94,7 @@ bench: install
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/remote_loader.py
 	$(PY) benchmarks/stage1.py
+	$(PY) benchmarks/pair_loader.py
 	$(PY) benchmarks/crop_detectors.py --actors 4
 
 clean:
