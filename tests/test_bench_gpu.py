@@ -1,0 +1,73 @@
+"""benchmarks/gpu.py: --smoke runs every row at tiny sizes on the CPU, and without CUDA the full run says a GPU
+is needed and measures nothing (exit 0)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "gpu.py"
+NUMBER = re.compile(r"\d+(\.\d+)?")
+
+
+def run_script(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    # One thread: the tiny models gain nothing from more, and the machine may be busy.
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, env=env)
+
+
+def rows_of(output: str) -> dict[str, list[str]]:
+    """{what: [measured, target]} from the final markdown table."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 3 and cells[0] not in ("what", "---"):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_smoke_prints_every_row_with_a_figure_and_the_targets():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu import ROWS
+
+    done = run_script("--smoke", "--device", "cpu")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = rows_of(done.stdout)
+    assert list(rows) == list(ROWS)
+    for what, (measured, _) in rows.items():
+        assert NUMBER.search(measured), f"{what}: no figure in {measured!r}"
+    assert "SMOKE" in rows["card"][0]
+    real = float(rows["FMT real train"][0].split()[0])
+    wait = float(re.search(r"data wait ([\d.]+) %", rows["FMT real train"][0]).group(1))
+    assert real > 0 and 0 <= wait <= 100
+    assert float(rows["sample decoding"][0].split()[0]) > 0
+    # The issue's targets stand next to the figures; a smoke run claims none of them met or missed.
+    assert ">= 0.85x" in rows["FMT real / bare"][1] and ">= 1.2x" in rows["FMT loader / real"][1]
+    assert "1.5x 93" in rows["stage 1 real train-motion"][1] and "< 2 s" in rows["sample end to end"][1]
+    assert ">= 600 frames/s" in rows["sample decoding"][1]
+    assert "met]" not in done.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs the full benchmark instead")
+def test_without_a_gpu_the_full_run_says_so_and_exits_0():
+    done = run_script()
+    assert done.returncode == 0, done.stderr
+    assert "none is available here: nothing measured" in done.stdout
+    assert "samples/s" not in done.stdout
+
+
+def test_bf16_peak_by_card_name():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu import bf16_peak
+
+    assert bf16_peak("NVIDIA H200") == 989e12
+    assert bf16_peak("NVIDIA A100-SXM4-80GB") == 312e12
+    assert bf16_peak("NVIDIA L40S") == 362e12  # not L4's
+    assert bf16_peak("Some Future GPU") is None
