@@ -1,5 +1,6 @@
-"""benchmarks/gpu.py: --smoke runs every row at tiny sizes on the CPU, and without CUDA the full run says a GPU
-is needed and measures nothing (exit 0)."""
+"""benchmarks/gpu.py and benchmarks/gpu_session.sh: --smoke runs every row at tiny sizes on the CPU, the
+session script runs the CUDA tests then the benchmark and keeps their output, and without CUDA the full
+benchmark says a GPU is needed and measures nothing (exit 0) while the session script stops at its preflight."""
 from __future__ import annotations
 
 import os
@@ -13,6 +14,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu.py"
+SESSION = REPO / "benchmarks" / "gpu_session.sh"
 NUMBER = re.compile(r"\d+(\.\d+)?")
 
 
@@ -33,13 +35,27 @@ def rows_of(output: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_smoke_prints_every_row_with_a_figure_and_the_targets():
+def session(out: Path, **env: str) -> subprocess.CompletedProcess:
+    """benchmarks/gpu_session.sh with this Python, CUDA hidden (the CUDA tests skip, the benchmark runs on the CPU)."""
+    variables = dict(os.environ, PY=sys.executable, OUT=str(out), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", **env)
+    return subprocess.run(["bash", str(SESSION)], capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env=variables)
+
+
+def test_session_runs_the_cuda_tests_then_the_smoke_benchmark_with_every_row_and_target(tmp_path):
+    """One run covers both: gpu_session.sh's plumbing and `benchmarks/gpu.py --smoke`'s rows."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from gpu import ROWS
 
-    done = run_script("--smoke", "--device", "cpu")
+    out = tmp_path / "out"
+    done = session(out, REQUIRE_CUDA="0", BENCH_ARGS="--smoke --device cpu")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    rows = rows_of(done.stdout)
+    log = (out / "gpu_session.log").read_text()
+    assert "part 1: pytest -m cuda" in log and "part 1 exit 0" in log and "part 2 exit 0" in log
+    assert "needs a CUDA GPU" in log  # the CUDA tests were collected and skipped with their reason, not failed
+    assert log in done.stdout  # the console shows what the log holds
+
+    rows = rows_of((out / "bench_gpu.md").read_text())
     assert list(rows) == list(ROWS)
     for what, (measured, _) in rows.items():
         assert NUMBER.search(measured), f"{what}: no figure in {measured!r}"
@@ -52,7 +68,14 @@ def test_smoke_prints_every_row_with_a_figure_and_the_targets():
     assert ">= 0.85x" in rows["FMT real / bare"][1] and ">= 1.2x" in rows["FMT loader / real"][1]
     assert "1.5x 93" in rows["stage 1 real train-motion"][1] and "< 2 s" in rows["sample end to end"][1]
     assert ">= 600 frames/s" in rows["sample decoding"][1]
-    assert "met]" not in done.stdout
+    assert "met]" not in log
+
+
+def test_session_without_a_gpu_stops_at_the_preflight_naming_why(tmp_path):
+    done = session(tmp_path / "out")
+    assert done.returncode == 1
+    assert "no CUDA GPU" in done.stdout + done.stderr and "nothing run" in done.stdout
+    assert "part 1" not in (tmp_path / "out" / "gpu_session.log").read_text()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs the full benchmark instead")
