@@ -25,6 +25,7 @@ import dataclasses
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -45,6 +46,8 @@ MOTION_TODAY = 93.0  # pairs/s at 512 px, batch 32, bf16, measured on an H200 (i
 ROWS = ("card", "FMT real train", "FMT bare step", "FMT real / bare", "FMT loader alone", "FMT loader / real",
         "stage 1 real train-motion", "stage 1 bare step", "stage 1 real / bare", "sample end to end",
         "sample decoding")
+# The parts of a run (--only), each with its rows: a part that fails marks its rows FAILED and the next runs.
+SECTIONS = {"fmt": ROWS[1:6], "motion": ROWS[6:9], "sample": ROWS[9:]}
 
 
 def bf16_peak(name: str) -> float | None:
@@ -73,6 +76,13 @@ class Table:
         verdict = "" if met is None or self.smoke else ("  [met]" if met else "  [NOT met]")
         self.rows.append((what, measured, target + verdict))
         print(f"{what:<27} {measured}" + (f"   | target {target}{verdict}" if target else ""), flush=True)
+
+    def fill(self, rows, why: str) -> None:
+        """Every row of ``rows`` not printed yet, with ``why`` (a part failed or was not run)."""
+        done = {row[0] for row in self.rows}
+        for what in rows:
+            if what not in done:
+                self.add(what, why)
 
     def print(self) -> None:
         print("\n| what | measured | target |\n| --- | --- | --- |")
@@ -129,11 +139,32 @@ def sample_rows(table: Table, checkpoint: Path, work: Path, sizes: gpu_rows.Size
               ">= 600 frames/s at 512 px", result["render_fps"] >= 600)
 
 
+def run_section(table: Table, name: str, measure, *args):
+    """measure(*args), or None when it raised: the traceback goes to stderr, the part's rows say FAILED."""
+    try:
+        return measure(*args)
+    except Exception as error:  # one part's failure must not cost the others' figures
+        traceback.print_exc()
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        table.fill(SECTIONS[name], f"FAILED: {type(error).__name__}: {first}")
+        return None
+
+
+def sections(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(SECTIONS)} (comma-separated)")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="every row at tiny sizes on the CPU (tests the code only)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-compile", action="store_true", help="neither the real run nor the bare step compiled")
+    p.add_argument("--only", type=sections, default=list(SECTIONS),
+                   help="the parts to run, comma-separated: fmt, motion, sample (sample needs fmt's checkpoint)")
     p.add_argument("--bare-steps", type=int, default=None, help="timed bare steps [default: 20, smoke 2]")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -149,18 +180,27 @@ def main(argv: list[str] | None = None) -> int:
     peak = bf16_peak(name) if device.type == "cuda" else None
     table = Table(args.smoke)
     table.add("card", f"{name}, torch {torch.__version__}, bf16 peak "
-              + (f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown") + (" (SMOKE: tiny sizes, CPU)" if args.smoke else ""))
+              + (f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown") + (" (SMOKE: tiny sizes)" if args.smoke else ""))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         work = Path(tmp)
-        checkpoint = fmt_rows(table, work, sizes, device, peak, bare_steps)
-        motion_rows(table, work, sizes, device, peak, bare_steps)
-        sample_rows(table, checkpoint, work, sizes, device)
+        checkpoint = None
+        if "fmt" in args.only:
+            checkpoint = run_section(table, "fmt", fmt_rows, table, work, sizes, device, peak, bare_steps)
+        if "motion" in args.only:
+            run_section(table, "motion", motion_rows, table, work, sizes, device, peak, bare_steps)
+        if "sample" in args.only and checkpoint is not None:
+            run_section(table, "sample", sample_rows, table, checkpoint, work, sizes, device)
+        elif "sample" in args.only:
+            table.fill(SECTIONS["sample"], "not run: it samples the checkpoint of the FMT part, which did not finish")
+        for name in SECTIONS:
+            if name not in args.only:
+                table.fill(SECTIONS[name], "not run (--only)")
     table.print()
     print(f"\n(one run, {time.perf_counter() - start:.0f} s; real rows: the trainers' own logged windows after the "
           f"first, which holds compilation and start-up; MFU: FMT 6 x params x tokens (preceding + current frames), stage 1 "
           f"counted FLOPs; sample: the second call in this process, the first is cold)")
-    return 0
+    return 1 if any(measured.startswith("FAILED") for _, measured, _ in table.rows) else 0
 
 
 if __name__ == "__main__":

@@ -94,3 +94,27 @@ def test_bf16_peak_by_card_name():
     assert bf16_peak("NVIDIA A100-SXM4-80GB") == 312e12
     assert bf16_peak("NVIDIA L40S") == 362e12  # not L4's
     assert bf16_peak("Some Future GPU") is None
+
+
+def test_a_failing_part_marks_its_rows_and_the_others_go_on(capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu import SECTIONS, Table, run_section
+
+    table = Table(smoke=True)
+
+    def broken_motion():
+        table.add("stage 1 real train-motion", "12.0 pairs/s")  # measured before the failure: kept
+        raise RuntimeError("CUDA out of memory\nsecond line")
+
+    assert run_section(table, "motion", broken_motion) is None
+    assert run_section(table, "fmt", lambda: "ckpt") == "ckpt"
+    rows = dict((what, measured) for what, measured, _ in table.rows)
+    assert list(rows) == ["stage 1 real train-motion", *SECTIONS["motion"][1:]]
+    assert rows["stage 1 real train-motion"] == "12.0 pairs/s"
+    assert rows["stage 1 bare step"] == "FAILED: RuntimeError: CUDA out of memory"
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_only_takes_known_parts():
+    done = run_script("--smoke", "--only", "fmt,stage2")
+    assert done.returncode == 2 and "'fmt,stage2': choose from fmt, motion, sample" in done.stderr
