@@ -8,10 +8,15 @@
 #    are measured, so a run cut short still leaves the figures it reached.
 # Both parts run whatever the other's result. Everything is teed to $OUT/gpu_session.log when OUT is set
 # (a device machine's output folder), with the benchmark's table alone in $OUT/bench_gpu.md.
-# Packages the machine lacks (PyAV, webdataset...) can travel as wheels in .whl/: they are installed into
-# /tmp/site first. REQUIRE_CUDA=0 BENCH_ARGS=--smoke run the same steps on a CPU (the suite tests the script
-# so). Exit status: 0 when both parts passed, else the first failing part's status
-# (124: it ran out of time).
+# Packages the machine lacks travel as wheels in .whl/ (git-ignored; name it in the run's carry) and are
+# installed into /tmp/site first. The H200 image (python 3.12) lacks PyAV, braceexpand and webdataset; fetch
+# them here, once, before the session (about 40 MB):
+#     echo /.whl/ >> .git/info/exclude
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#         -d .whl av==18.1.0 braceexpand==0.1.7 webdataset==1.0.2
+# REQUIRE_CUDA=0 BENCH_ARGS=--smoke run the same steps on a CPU (the suite tests the script so).
+# Exit status: 0 when both parts passed, else the first failing part's status (124: it ran out of time).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,8 +51,8 @@ if not torch.cuda.is_available():
 else:
     print(f"card: {torch.cuda.get_device_name(0)}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB")
 missing = []
-for name in ("av", "webdataset", "typer", "yaml", "cv2", "skimage", "matplotlib", "tensorboard", "safetensors",
-             "scipy", "tqdm", "pytest"):
+for name in ("av", "braceexpand", "webdataset", "typer", "yaml", "cv2", "skimage", "matplotlib", "tensorboard",
+             "safetensors", "scipy", "torchaudio", "tqdm", "pytest"):
     try:
         importlib.import_module(name)
     except ImportError as e:
