@@ -1,10 +1,11 @@
 """`make bench-gpu`: the real trainers and the sampler on a GPU, against the bare steps and issue 16's targets.
 
-One run (about 3 to 5 minutes on one H100/H200), in one process, on synthetic data it makes itself:
+One run, in one process, on synthetic data it makes itself (meant to take under 5 minutes on one H100/H200;
+not yet run on one when this was written), in this order:
+  stage 1  the real `floatctl train-motion` at 512 px, batch 32 (L1 + structure loss, bf16) vs its bare step.
   FMT      the real `floatctl train --preset paper --compile` at batch 256 (loop, loader, EMA, logging,
            checkpoint cadence) vs the bare compiled step of the same model and batch (autocast bf16,
            backward, fused AdamW on random batches already on the GPU); the shard loader alone.
-  stage 1  the real `floatctl train-motion` at 512 px, batch 32 (L1 + structure loss, bf16) vs its bare step.
   sample   `floatctl sample CKPT --audio 10s.wav --image P.png` end to end (audio features, FMT, decoder, mp4)
            with the checkpoint the FMT row wrote, and its decoding frames/s.
 It prints samples/s, the share of time waiting for data (as the trainers log data_wait_fraction), peak
@@ -14,9 +15,13 @@ FLOPs are 6 * parameters * tokens, stage 1's are counted by torch.utils.flop_cou
 Without CUDA it says a GPU is needed and exits 0; `--smoke` runs every row at tiny sizes on the CPU (the
 figures then mean nothing; the test suite runs it to keep the code working).
 
-A GPU session runs everything (the CUDA tests, then this) as ONE command, teeing to $OUT when set:
+A part that fails (out of memory, a missing package) marks its rows FAILED, the others still run, and the
+exit status is 1; `--only motion,fmt,sample` reruns some parts (sample needs fmt's checkpoint).
+
+A GPU session runs everything (the CUDA tests, then this) as ONE command, teeing to $OUT when set (its
+header says which wheels to carry to a bare H200 image):
     bash benchmarks/gpu_session.sh
-    .venv/bin/python benchmarks/gpu.py [--smoke] [--device cuda] [--no-compile]
+    .venv/bin/python benchmarks/gpu.py [--smoke] [--device cuda] [--no-compile] [--only PARTS] [--bare-steps N]
 """
 from __future__ import annotations
 
@@ -43,11 +48,12 @@ BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "B200": 2250.0
 MOTION_TODAY = 93.0  # pairs/s at 512 px, batch 32, bf16, measured on an H200 (issue 16)
 
 # The rows printed, in order; the test checks each one is there with a figure.
-ROWS = ("card", "FMT real train", "FMT bare step", "FMT real / bare", "FMT loader alone", "FMT loader / real",
-        "stage 1 real train-motion", "stage 1 bare step", "stage 1 real / bare", "sample end to end",
+# Stage 1 goes first: it compiles nothing, so its figures are in even if the FMT's compilation runs long.
+ROWS = ("card", "stage 1 real train-motion", "stage 1 bare step", "stage 1 real / bare", "FMT real train",
+        "FMT bare step", "FMT real / bare", "FMT loader alone", "FMT loader / real", "sample end to end",
         "sample decoding")
 # The parts of a run (--only), each with its rows: a part that fails marks its rows FAILED and the next runs.
-SECTIONS = {"fmt": ROWS[1:6], "motion": ROWS[6:9], "sample": ROWS[9:]}
+SECTIONS = {"motion": ROWS[1:4], "fmt": ROWS[4:9], "sample": ROWS[9:]}
 
 
 def bf16_peak(name: str) -> float | None:
@@ -164,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-compile", action="store_true", help="neither the real run nor the bare step compiled")
     p.add_argument("--only", type=sections, default=list(SECTIONS),
-                   help="the parts to run, comma-separated: fmt, motion, sample (sample needs fmt's checkpoint)")
+                   help="the parts to run, comma-separated: motion, fmt, sample (sample needs fmt's checkpoint)")
     p.add_argument("--bare-steps", type=int, default=None, help="timed bare steps [default: 20, smoke 2]")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -185,10 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         work = Path(tmp)
         checkpoint = None
-        if "fmt" in args.only:
-            checkpoint = run_section(table, "fmt", fmt_rows, table, work, sizes, device, peak, bare_steps)
         if "motion" in args.only:
             run_section(table, "motion", motion_rows, table, work, sizes, device, peak, bare_steps)
+        if "fmt" in args.only:
+            checkpoint = run_section(table, "fmt", fmt_rows, table, work, sizes, device, peak, bare_steps)
         if "sample" in args.only and checkpoint is not None:
             run_section(table, "sample", sample_rows, table, checkpoint, work, sizes, device)
         elif "sample" in args.only:

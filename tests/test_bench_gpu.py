@@ -117,4 +117,4 @@ def test_a_failing_part_marks_its_rows_and_the_others_go_on(capsys):
 
 def test_only_takes_known_parts():
     done = run_script("--smoke", "--only", "fmt,stage2")
-    assert done.returncode == 2 and "'fmt,stage2': choose from fmt, motion, sample" in done.stderr
+    assert done.returncode == 2 and "'fmt,stage2': choose from motion, fmt, sample" in done.stderr
