@@ -110,25 +110,42 @@ def final_state(run: Path) -> dict:
     return {"model": state["model"], "ema": state["ema"], "optimizer": state["optimizer"]["state"]}
 
 
-def assert_same_state(a: dict, b: dict) -> None:
+def assert_same_state(a: dict, b: dict, relative: float | None = None) -> None:
+    """Equal bit for bit, or each tensor within ``relative`` of the other in L2 norm (a norm, not each
+    element: an element whose gradient is float noise may take Adam's step the other way)."""
+    def same(x, y, what: str) -> None:
+        if relative is None:
+            assert torch.equal(x, y), f"{what} differs after resume"
+        else:
+            gap, size = (x.double() - y.double()).norm().item(), x.double().norm().item()
+            assert gap <= relative * size + 1e-6, f"{what} differs after resume: |a - b| {gap:.3g}, |a| {size:.3g}"
+
     for part in ("model", "ema"):
         assert a[part].keys() == b[part].keys()
         for name in a[part]:
-            assert torch.equal(a[part][name], b[part][name]), f"{part}.{name} differs after resume"
+            same(a[part][name], b[part][name], f"{part}.{name}")
     for index, moments in a["optimizer"].items():
         for key, value in moments.items():
-            assert torch.equal(value, b["optimizer"][index][key]), f"optimizer state {index}.{key} differs"
+            same(value, b["optimizer"][index][key], f"optimizer state {index}.{key}")
+
+
+# The motion auto-encoder warps with grid_sample, whose CUDA backward adds with atomics and has no
+# deterministic kernel: under --deterministic torch refuses it on a GPU (grid_sampler_2d_backward_cuda). So
+# stage 1 resumes on the GPU without --deterministic, and the runs agree to float noise, not bit for bit.
+MOTION_ON_GPU_RELATIVE = 1e-3
 
 
 @pytest.mark.parametrize("stage", ["fmt", "motion"])
 def test_stop_and_resume_equals_an_uninterrupted_run_in_fp32(stage, shards, crops, tmp_path):
     data = stage_data(stage, shards, crops)
-    exact = dict(precision="fp32", deterministic=True, log_step=5)
+    bitwise = stage == "fmt" or not ON_GPU
+    exact = dict(precision="fp32", deterministic=bitwise, log_step=5)
     train_stage(stage, data, tmp_path / "whole", steps=12, **exact)
     train_stage(stage, data, tmp_path / "cut", steps=5, **exact)  # stops at step 5 with its final checkpoint
     resumed = train_stage(stage, data, tmp_path / "cut", steps=12, resume="auto", **exact)
     assert resumed.step == 12
-    assert_same_state(final_state(tmp_path / "whole"), final_state(tmp_path / "cut"))
+    assert_same_state(final_state(tmp_path / "whole"), final_state(tmp_path / "cut"),
+                      None if bitwise else MOTION_ON_GPU_RELATIVE)
 
 
 def test_sampling_on_the_gpu_writes_an_mp4(tmp_path):
