@@ -96,7 +96,7 @@ bench: install
 	$(PY) benchmarks/stage1.py
 	$(PY) benchmarks/crop_detectors.py --actors 4
 
-# The real trainers and the sampler on a CUDA GPU against the bare steps and issue 16's targets (under 5 minutes;
+# The real trainers and the sampler on a CUDA GPU against the bare steps and issue 16's targets (meant for < 5 min;
 # without a GPU it says so and exits 0). A GPU session runs the CUDA tests and this as one command:
 # bash benchmarks/gpu_session.sh
 bench-gpu: install
