@@ -30,7 +30,7 @@ SHARD_ARGS := --out $(SHARDS) --preset $(PRESET) \
 	$(if $(WAV2VEC2),--wav2vec2 $(WAV2VEC2)) \
 	$(if $(SER),--ser $(SER))
 
-.PHONY: install test shards stage1 stage1-asset latents train sample eval demo bench clean
+.PHONY: install test shards stage1 stage1-asset latents train sample eval demo bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -96,6 +96,12 @@ bench: install
 	$(PY) benchmarks/stage1.py
 	$(PY) benchmarks/pair_loader.py
 	$(PY) benchmarks/crop_detectors.py --actors 4
+
+# The real trainers and the sampler on a CUDA GPU against the bare steps and issue 16's targets (meant for < 5 min;
+# without a GPU it says so and exits 0). A GPU session runs the CUDA tests and this as one command:
+# bash benchmarks/gpu_session.sh
+bench-gpu: install
+	$(PY) benchmarks/gpu.py
 
 clean:
 	rm -rf data runs

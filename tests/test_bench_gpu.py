@@ -1,0 +1,120 @@
+"""benchmarks/gpu.py and benchmarks/gpu_session.sh: --smoke runs every row at tiny sizes on the CPU, the
+session script runs the CUDA tests then the benchmark and keeps their output, and without CUDA the full
+benchmark says a GPU is needed and measures nothing (exit 0) while the session script stops at its preflight."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "gpu.py"
+SESSION = REPO / "benchmarks" / "gpu_session.sh"
+NUMBER = re.compile(r"\d+(\.\d+)?")
+
+
+def run_script(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    # One thread: the tiny models gain nothing from more, and the machine may be busy.
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, env=env)
+
+
+def rows_of(output: str) -> dict[str, list[str]]:
+    """{what: [measured, target]} from the final markdown table."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 3 and cells[0] not in ("what", "---"):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def session(out: Path, **env: str) -> subprocess.CompletedProcess:
+    """benchmarks/gpu_session.sh with this Python, CUDA hidden (the CUDA tests skip, the benchmark runs on the CPU)."""
+    variables = dict(os.environ, PY=sys.executable, OUT=str(out), CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", **env)
+    return subprocess.run(["bash", str(SESSION)], capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env=variables)
+
+
+def test_session_runs_the_cuda_tests_then_the_smoke_benchmark_with_every_row_and_target(tmp_path):
+    """One run covers both: gpu_session.sh's plumbing and `benchmarks/gpu.py --smoke`'s rows."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu import ROWS
+
+    out = tmp_path / "out"
+    done = session(out, REQUIRE_CUDA="0", BENCH_ARGS="--smoke --device cpu")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = (out / "gpu_session.log").read_text()
+    assert "part 1: pytest -m cuda" in log and "part 1 exit 0" in log and "part 2 exit 0" in log
+    assert "needs a CUDA GPU" in log  # the CUDA tests were collected and skipped with their reason, not failed
+    assert log in done.stdout  # the console shows what the log holds
+
+    rows = rows_of((out / "bench_gpu.md").read_text())
+    assert list(rows) == list(ROWS)
+    for what, (measured, _) in rows.items():
+        assert NUMBER.search(measured), f"{what}: no figure in {measured!r}"
+    assert "SMOKE" in rows["card"][0]
+    real = float(rows["FMT real train"][0].split()[0])
+    wait = float(re.search(r"data wait ([\d.]+) %", rows["FMT real train"][0]).group(1))
+    assert real > 0 and 0 <= wait <= 100
+    assert float(rows["sample decoding"][0].split()[0]) > 0
+    # The issue's targets stand next to the figures; a smoke run claims none of them met or missed.
+    assert ">= 0.85x" in rows["FMT real / bare"][1] and ">= 1.2x" in rows["FMT loader / real"][1]
+    assert "1.5x 93" in rows["stage 1 real train-motion"][1] and "< 2 s" in rows["sample end to end"][1]
+    assert ">= 600 frames/s" in rows["sample decoding"][1]
+    assert "met]" not in log
+
+
+def test_session_without_a_gpu_stops_at_the_preflight_naming_why(tmp_path):
+    done = session(tmp_path / "out")
+    assert done.returncode == 1
+    assert "no CUDA GPU" in done.stdout + done.stderr and "nothing run" in done.stdout
+    assert "part 1" not in (tmp_path / "out" / "gpu_session.log").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs the full benchmark instead")
+def test_without_a_gpu_the_full_run_says_so_and_exits_0():
+    done = run_script()
+    assert done.returncode == 0, done.stderr
+    assert "none is available here: nothing measured" in done.stdout
+    assert "samples/s" not in done.stdout
+
+
+def test_bf16_peak_by_card_name():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu import bf16_peak
+
+    assert bf16_peak("NVIDIA H200") == 989e12
+    assert bf16_peak("NVIDIA A100-SXM4-80GB") == 312e12
+    assert bf16_peak("NVIDIA L40S") == 362e12  # not L4's
+    assert bf16_peak("Some Future GPU") is None
+
+
+def test_a_failing_part_marks_its_rows_and_the_others_go_on(capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu import SECTIONS, Table, run_section
+
+    table = Table(smoke=True)
+
+    def broken_motion():
+        table.add("stage 1 real train-motion", "12.0 pairs/s")  # measured before the failure: kept
+        raise RuntimeError("CUDA out of memory\nsecond line")
+
+    assert run_section(table, "motion", broken_motion) is None
+    assert run_section(table, "fmt", lambda: "ckpt") == "ckpt"
+    rows = dict((what, measured) for what, measured, _ in table.rows)
+    assert list(rows) == ["stage 1 real train-motion", *SECTIONS["motion"][1:]]
+    assert rows["stage 1 real train-motion"] == "12.0 pairs/s"
+    assert rows["stage 1 bare step"] == "FAILED: RuntimeError: CUDA out of memory"
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_only_takes_known_parts():
+    done = run_script("--smoke", "--only", "fmt,stage2")
+    assert done.returncode == 2 and "'fmt,stage2': choose from motion, fmt, sample" in done.stderr
