@@ -119,9 +119,10 @@ def test_a_404_and_a_cut_short_crop_shard_are_retried_then_skipped(bucket, tmp_p
         pairs = CropPairs(urls, PairSpec(1), seed=0, size=SIZE, resampled=False, retry_delay=0.01)
         keys = sorted(p["key"] for p in pairs)
         asked = list(server.requests)
-    # The intact shard whole; of the cut one, the clip sent before the cut, once (a retry does not repeat
-    # it); nothing from the missing one.
-    assert keys == ["train-c000", "train-c001", "train-c002"]
+    # The intact shard whole; of the cut one at most the clip sent before the cut, and once (a retry does not
+    # repeat it): whether the reader yields it before it sees the connection drop is a race; nothing from the
+    # missing one.
+    assert keys in (["train-c000", "train-c001"], ["train-c000", "train-c001", "train-c002"])
     assert asked.count("train-000002.tar") == 3 and asked.count("train-000001.tar") == 3, "2 retries each"
     assert pairs.skipped == 2
     assert f"{urls[2]}: unreadable after 3 tries" in caplog.text and "HTTP error" in caplog.text
