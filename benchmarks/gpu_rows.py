@@ -80,6 +80,20 @@ def peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
+def timed_steps(step, batches: list, warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds for ``steps`` calls of ``step`` (alternating over ``batches``) after ``warmup`` untimed ones, the
+    device synchronised at both ends; the peak memory counter starts before the warm-up."""
+    reset_peak(device)
+    for i in range(warmup):
+        step(batches[i % len(batches)])
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(batches[i % len(batches)])
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if device.type == "cuda" else None
 
@@ -207,15 +221,7 @@ def bare_fmt(cfg: FloatConfig, sizes: Sizes, device: torch.device, steps: int, w
         loss.backward()
         optimizer.step()
 
-    reset_peak(device)
-    for i in range(warmup):
-        step(batches[i % 2])
-    sync(device)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        step(batches[i % 2])
-    sync(device)
-    rate = steps * sizes.fmt_batch / (time.perf_counter() - t0)
+    rate = steps * sizes.fmt_batch / timed_steps(step, batches, warmup, steps, device)
     return {"samples_per_s": rate, "peak_gib": peak_gib(device), "parameters": count_parameters(model)}
 
 
@@ -292,15 +298,8 @@ def bare_motion(cfg: FloatConfig, sizes: Sizes, device: torch.device, steps: int
         losses["total"].backward()
         optimizer.step()
 
-    reset_peak(device)
-    for i in range(warmup):
-        step(batches[i % 2])
-    sync(device)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        step(batches[i % 2])
-    sync(device)
-    return {"pairs_per_s": steps * sizes.motion_batch / (time.perf_counter() - t0), "peak_gib": peak_gib(device)}
+    seconds = timed_steps(step, batches, warmup, steps, device)
+    return {"pairs_per_s": steps * sizes.motion_batch / seconds, "peak_gib": peak_gib(device)}
 
 
 def make_crops(folder: Path, sizes: Sizes) -> None:

@@ -40,6 +40,14 @@ def loader_throughput(loader: WindowLoader, batches: int = 20, warmup: int = 2) 
             "batch_size": loader.batch_size, "num_workers": loader.num_workers}
 
 
+def local_http_verdict(rates: dict[str, float], note: str = "2x") -> None:
+    """Print local disk / local HTTP of ``rates`` ("local disk", "http 127.0.0.1") and exit 1 past 2x."""
+    ratio = rates["local disk"] / rates["http 127.0.0.1"]
+    print(f"  local / http = {ratio:.2f}x ({'within' if ratio <= 2.0 else 'NOT within'} {note})")
+    if ratio > 2.0:
+        sys.exit(1)
+
+
 def add_shard_options(parser: argparse.ArgumentParser, batches: int) -> None:
     """The size of the synthetic shard set and of the batches, shared by the loader benchmarks."""
     parser.add_argument("--clips", type=int, default=48)

@@ -68,3 +68,21 @@ def test_a_wrong_weight_file_is_refused_before_anything_is_scored(face, syncnet_
     error = [line for line in result.output.splitlines() if line.startswith("error")]
     assert len(error) == 1 and str(syncnet_file) in error[0] and "pt_inception-2015-12-05" in error[0]
     assert not (gen / "eval.json").exists()
+
+
+def test_too_little_for_fvd_or_lse_is_a_note_not_a_failure(i3d_file, syncnet_file):  # noqa: F811
+    from trainer.eval.clips import Clip
+    from trainer.eval.user_weights import load_user_metrics
+
+    said = []
+    user = load_user_metrics(i3d=i3d_file, syncnet=syncnet_file, log=said.append)
+    short = [np.zeros((8, 32, 32, 3), np.uint8)]  # under one 16-frame clip a side
+    assert user.per_set[0](short, short) == {}
+    assert any(m.startswith("FVD: not computed") and "16 frames" in m for m in said), said
+    assert user.per_set[0]([], []) == {} and "FVD: no clip has a ground-truth video: not computed" in said
+    silent = Clip("s", short[0], short[0], None, None, None)
+    assert user.per_clip[0](silent) == {} and silent.notes == ["no audio at hand: no LSE"]
+    brief = Clip("b", short[0][:3], short[0][:3], None, None, np.zeros(3 * 640, np.float32))
+    assert user.per_clip[0](brief) == {}
+    assert [n.split(":")[0] for n in brief.notes] == ["LSE of the generated video", "LSE of the truth video"]
+

@@ -78,12 +78,19 @@ def test_lag_correlation_is_exact_for_shifted_copies():
     assert lag == 1 and r == pytest.approx(1.0)
 
 
-def test_face_rate_tells_a_face_from_noise():
+@pytest.mark.parametrize("dlib", [True, False], ids=["dlib", "haar-without-dlib"])
+def test_face_rate_tells_a_face_from_noise(dlib, monkeypatch):
     import cv2
     from skimage.data import astronaut
 
+    from preprocess import face_models
     from trainer.eval.lipsync import face_rate
 
+    if dlib and not face_models.available():
+        pytest.skip("dlib face models not installed")
+    if not dlib:  # an install without the faces extra counts with OpenCV's Haar cascade
+        monkeypatch.setattr(face_models, "available", lambda: False)
+        monkeypatch.setattr(face_models, "detect", lambda *a, **k: pytest.fail("dlib used without the extra"))
     face = cv2.resize(astronaut()[30:230, 130:330], (128, 128), interpolation=cv2.INTER_AREA)
     frames = np.stack([face] * 6)
     noise = np.random.default_rng(0).integers(0, 256, (6, 128, 128, 3), dtype=np.uint8)

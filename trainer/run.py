@@ -13,6 +13,7 @@ import json
 import os
 import signal
 from dataclasses import dataclass, field
+from typing import Collection
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,10 @@ from torch import Tensor, nn
 from float.config import FloatConfig
 from float.motion_checkpoint import MOTION_CKPT_KIND
 from shards.files import atomic_write_bytes, check_writable
+from shards.format import KNOWN_MEMBERS
+from shards.integrity import check_shard_folder
+from shards.mix import ShardSets, open_shard_sets, parse_data_root
+from shards.remote import is_url
 from trainer import checkpoints as ckpt
 from trainer.distributed import DistInfo
 from trainer.ema import EMA
@@ -239,3 +244,43 @@ def gather_stream_states(loader_state: dict, info: DistInfo) -> list[dict]:
     states: list = [None] * info.world_size
     dist.all_gather_object(states, loader_state)
     return states
+
+
+# ---------------------------------------------------------------- the run's shard sets (both stages)
+def read_shard_sets(data_root: list[str] | str) -> ShardSets:
+    """The run's shard sets (local folders, URLs or patterns; several are mixed: shards/mix.py)."""
+    for root in [data_root] if isinstance(data_root, str) else data_root:
+        try:
+            location = parse_data_root(root).location
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
+        if is_url(location) or "{" in location:
+            continue
+        folder = Path(location)
+        if not folder.exists():
+            raise TrainingError(f"shard folder {folder} does not exist: write shards with `floatctl shards` "
+                                f"or pass --data-root")
+        if folder.is_dir() and not any(folder.iterdir()):
+            raise TrainingError(f"shard folder {folder} is empty: write shards with `floatctl shards`")
+    try:
+        return open_shard_sets(data_root)
+    except (OSError, ValueError) as e:
+        raise TrainingError(str(e)) from None
+
+
+def check_local_folders(sets: ShardSets, accept: bool, warn, known_members: Collection[str] = KNOWN_MEMBERS) -> int:
+    """Every local shard folder of the run against its manifest (shards/integrity.py); clips lost.
+    ``known_members``: the members a shard of this kind holds (crop shards: CROP_ONLY_MEMBERS)."""
+    lost = 0
+    for root, manifest in zip(sets.roots, sets.manifests):
+        if Path(root.location).is_dir():
+            lost += check_shard_folder(root.location, manifest, ("train", "val"), accept, known_members, warn)
+    return lost
+
+
+def check_same_shards(state: dict, path: Path, manifest: dict) -> None:
+    saved_fp = state.get("manifest_fingerprint")
+    if saved_fp and saved_fp != manifest.get("fingerprint"):
+        raise TrainingError(f"checkpoint {path} was trained on shards written with other settings "
+                            f"(manifest fingerprint {saved_fp[:12]} vs {str(manifest.get('fingerprint'))[:12]} "
+                            f"of the current shards): resume on the same shards or start a new --out")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable, Collection
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -17,14 +17,11 @@ from float.checkpoint import CheckpointError, load_official_state_dict, load_par
 from float.config import FloatConfig, get_preset
 from float.loss import LossWeights, rectified_flow_loss
 from float.model import FloatMotionModel, count_parameters
-from shards.format import KNOWN_MEMBERS
 from shards.loader import make_loader
-from shards.mix import ShardSets, open_shard_sets, parse_data_root
-from shards.remote import is_url
+from shards.mix import ShardSets
 from shards.sources import check_compatible, manifest_dims, manifest_location, shard_urls
 from shards.validation import ValWindows
 from shards.stats import motion_statistics
-from shards.integrity import check_shard_folder
 from shards.tar import ShardError, check_local_shards
 from shards.windows import WindowSpec
 from trainer import run as setup
@@ -33,48 +30,14 @@ from trainer.ema import EMA
 from trainer.logging import RunLogger
 from trainer.loop import TrainResult, run_loop
 from trainer.errors import TrainingError
-from trainer.run import FMT_KIND, MOTION_KIND, Run, to_device
+from trainer.run import (FMT_KIND, MOTION_KIND, Run, check_local_folders, check_same_shards, read_shard_sets,
+                         to_device)
 from trainer.schedule import resolve_schedule
 from trainer.settings import TrainSettings
 from trainer.validate import LOSS_KEYS, generation_error, save_motion_samples, validation_loss
 
 
 # ---------------------------------------------------------------- data and official weights
-def read_shard_sets(data_root: list[str] | str) -> ShardSets:
-    """The run's shard sets (local folders, URLs or patterns; several are mixed: shards/mix.py)."""
-    for root in [data_root] if isinstance(data_root, str) else data_root:
-        try:
-            location = parse_data_root(root).location
-        except ValueError as e:
-            raise TrainingError(str(e)) from None
-        if is_url(location) or "{" in location:
-            continue
-        folder = Path(location)
-        if not folder.exists():
-            raise TrainingError(f"shard folder {folder} does not exist: write shards with `floatctl shards` "
-                                f"or pass --data-root")
-        if folder.is_dir() and not any(folder.iterdir()):
-            raise TrainingError(f"shard folder {folder} is empty: write shards with `floatctl shards`")
-    try:
-        return open_shard_sets(data_root)
-    except (OSError, ValueError) as e:
-        raise TrainingError(str(e)) from None
-
-
-def check_local_folders(sets: ShardSets, accept: bool, warn, known_members: Collection[str] = KNOWN_MEMBERS) -> int:
-    """Every local shard folder of the run against its manifest (shards/integrity.py); clips lost.
-    ``known_members``: the members a shard of this kind holds (crop shards: CROP_ONLY_MEMBERS)."""
-    lost = 0
-    for root, manifest in zip(sets.roots, sets.manifests):
-        if Path(root.location).is_dir():
-            lost += check_shard_folder(root.location, manifest, ("train", "val"), accept, known_members, warn)
-    return lost
-
-
-def read_shard_manifest(data_root: list[str] | str) -> dict:
-    return read_shard_sets(data_root).manifest()
-
-
 def wants_motion_normalization(mode: str, manifest: dict) -> bool:
     """Latents of the official float.pth encoder stay raw, as the official model was trained on them.
     Any other encoder's latents (seeded random weights, or a stage-1 auto-encoder trained here) have a
@@ -95,14 +58,6 @@ def init_from_official(model: FloatMotionModel, state: dict[str, Tensor], path: 
     if not report.ok:
         raise TrainingError(f"--init {path}: the weights do not fit this model config (missing keys or other "
                             f"shapes, listed above); pick the matching --preset / --set")
-
-
-def check_same_shards(state: dict, path: Path, manifest: dict) -> None:
-    saved_fp = state.get("manifest_fingerprint")
-    if saved_fp and saved_fp != manifest.get("fingerprint"):
-        raise TrainingError(f"checkpoint {path} was trained on shards written with other settings "
-                            f"(manifest fingerprint {saved_fp[:12]} vs {str(manifest.get('fingerprint'))[:12]} "
-                            f"of the current shards): resume on the same shards or start a new --out")
 
 
 # ---------------------------------------------------------------- the stage

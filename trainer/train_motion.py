@@ -10,7 +10,7 @@ module adds the discriminator's step, held-out PSNR and the sample grids.
 
 The crop shards are found and streamed by the FMT's code: ``--data-root`` is a local
 folder, a folder URL or a brace pattern, repeated with weights to mix sets
-(trainer/train_fmt.py ``read_shard_sets``, shards/mix.py); the pair stream is
+(trainer/run.py ``read_shard_sets``, shards/mix.py); the pair stream is
 TrainWindows's (shards/pairs.py), so mixing, the unreadable-shard rule and exact
 resume are the same as the FMT's.
 """
@@ -41,10 +41,9 @@ from trainer.loop import TrainResult, run_loop
 from trainer.media_log import TAG_GRID, MediaLog
 from trainer.motion_eval import pair_grid, psnr, save_pair_grid
 from trainer.errors import TrainingError
-from trainer.run import MOTION_KIND, Run, to_device
+from trainer.run import MOTION_KIND, Run, check_local_folders, check_same_shards, read_shard_sets, to_device
 from trainer.schedule import resolve_schedule
 from trainer.settings import MotionSettings
-from trainer.train_fmt import check_local_folders, check_same_shards, read_shard_sets
 
 # From-scratch peak learning rates of the auto-encoder per preset (Adam, betas below).
 MOTION_LR = {"paper": 2e-3, "small": 2e-3, "tiny": 2e-3}

@@ -88,14 +88,19 @@ def blank_captions(frames: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_video(path: Path, half: str | None = None) -> np.ndarray:
-    """(T, H, W, 3) uint8 frames at 25 fps; ``half`` cuts a side-by-side video (captions blanked)."""
+def _decode(path: Path) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames at 25 fps; TrainerError naming the file when it cannot be read."""
     try:
         frames, _ = decode_video(str(path))
     except PreprocessError as e:
         reason = str(e)
         raise TrainerError(f"unreadable video: {reason}" if str(path) in reason else
                            f"unreadable video: {path}: {reason}") from None
+    return frames
+
+
+def half_of(frames: np.ndarray, half: str | None) -> np.ndarray:
+    """The "left" or "right" half of side-by-side frames, captions blanked (``None``: the frames as they are)."""
     if half is None:
         return frames
     width = frames.shape[2] // 2
@@ -136,10 +141,16 @@ def _fit(frames: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 def load_clip(files: ClipFiles) -> Clip:
     """Decode a clip's files; videos are cut to the shortest, real ones resized to the generated size."""
-    notes = []
-    generated = read_video(files.generated, files.generated_half)
-    real = read_video(files.real, files.real_half) if files.real else None
-    no_audio = read_video(files.no_audio) if files.no_audio else None
+    notes, decoded = [], {}
+
+    def video(path: Path, half: str | None = None) -> np.ndarray:
+        if path not in decoded:  # a side-by-side video holds both halves: decode it once
+            decoded[path] = _decode(path)
+        return half_of(decoded[path], half)
+
+    generated = video(files.generated, files.generated_half)
+    real = video(files.real, files.real_half) if files.real else None
+    no_audio = video(files.no_audio) if files.no_audio else None
     lengths = [len(v) for v in (generated, real, no_audio) if v is not None]
     t = min(lengths)
     if len(set(lengths)) > 1:
