@@ -44,10 +44,12 @@ def shards(
              "in --out's manifest when resuming or rebuilding (haar for shards made before this choice), "
              "else dlib when installed, else haar. Recorded in the manifest.")] = None,
     audio_features: Annotated[str, typer.Option(
-        help="auto|wav2vec2|mel. auto = wav2vec2 when --wav2vec2 is given, else mel. wav2vec2: all 12 "
+        help="auto|wav2vec2|mel|mel-speech. auto = wav2vec2 when --wav2vec2 is given, else mel. wav2vec2: all 12 "
              "layers per 25 fps frame (9216 wide for base); without --wav2vec2, seeded RANDOM base weights "
              "(meaningless features, ~4 s per 3 s clip on 2 CPU cores). mel: 80 log-mel bands per 25 fps "
-             "frame (80 ms Hann window centred on each frame, hop 640 at 16 kHz). Stored as float16.")] = "auto",
+             "frame (80 ms Hann window centred on each frame, hop 640 at 16 kHz). mel-speech: those bands "
+             "standardised over each clip plus their deltas (160 a frame; better on real speech, README). "
+             "Stored as float16.")] = "auto",
     wav2vec2: Annotated[Optional[Path], typer.Option(
         help="Hugging Face folder of facebook/wav2vec2-base-960h (config.json + weights).")] = None,
     ser: Annotated[Optional[Path], typer.Option(

@@ -43,17 +43,31 @@ MEL_SAMPLE_RATE = SAMPLING_RATE
 MEL_LOG_FLOOR = 1e-6
 
 
-AUDIO_KINDS = ("wav2vec2", "mel")
+# --audio-features choices: mel-speech is the mel kind's "speech" variant (LogMel, speech=True).
+AUDIO_KINDS = ("wav2vec2", "mel", "mel-speech")
+SPEECH_VARIANT = "clip-norm+delta"
+DELTA_REACH = 2  # frames each side of the regression delta (HTK/librosa's default width 5)
+NORM_STD_FLOOR = 0.1  # a band that never changes within a clip stays near 0 instead of blowing up
 
 
 class LogMel:
-    """Log-mel features with exactly one row per video frame (see the constants above)."""
+    """Log-mel features with exactly one row per video frame (see the constants above).
+
+    ``speech=True`` (``--audio-features mel-speech``, manifest variant "clip-norm+delta"): each band is
+    standardised over the clip (mean 0, std 1: the microphone, room and loudness of one recording are
+    taken out, what changes with the speech stays) and its regression delta over +-2 frames is
+    appended (onsets and closures of the mouth are changes of the spectrum), 160 features a frame.
+    Measured on real held-out people (README, real data) against plain log-mel.
+    """
 
     kind = "mel"
-    dim = MEL_N_MELS
 
-    def __init__(self):
+    def __init__(self, speech: bool = False):
         import torchaudio
+
+        self.speech = speech
+        self.variant = SPEECH_VARIANT if speech else None
+        self.dim = MEL_N_MELS * (2 if speech else 1)
 
         self._window = torch.hann_window(MEL_N_FFT)
         self._fbank = torchaudio.functional.melscale_fbanks(
@@ -61,6 +75,8 @@ class LogMel:
             sample_rate=MEL_SAMPLE_RATE, norm="slaney", mel_scale="slaney")  # (freqs, mels)
         desc = (f"logmel-v1 sr={MEL_SAMPLE_RATE} n_fft={MEL_N_FFT} hop={MEL_HOP} n_mels={MEL_N_MELS} "
                 f"slaney fmax={MEL_SAMPLE_RATE // 2} hann centred-on-frame log(x+{MEL_LOG_FLOOR})")
+        if speech:
+            desc += f" clip-standardised(std floor {NORM_STD_FLOOR}) + delta(+-{DELTA_REACH})"
         self.fingerprint = hashlib.sha256(desc.encode()).hexdigest()[:16]
         self.description = desc
 
@@ -78,7 +94,17 @@ class LogMel:
         out = torch.log(mel + MEL_LOG_FLOOR).T.contiguous()
         if out.shape[0] != n_frames:
             raise AssertionError(f"log-mel produced {out.shape[0]} frames for {n_frames}")
-        return out.numpy()
+        return speech_features(out).numpy() if self.speech else out.numpy()
+
+
+def speech_features(logmel: torch.Tensor) -> torch.Tensor:
+    """(T, B) log-mel -> (T, 2B): the bands standardised over the clip, then their regression deltas."""
+    z = (logmel - logmel.mean(dim=0)) / logmel.std(dim=0, unbiased=False).clamp_min(NORM_STD_FLOOR)
+    padded = F.pad(z.T[None], (DELTA_REACH, DELTA_REACH), mode="replicate")[0].T  # edges repeated
+    n = z.shape[0]
+    delta = sum(k * (padded[DELTA_REACH + k:DELTA_REACH + k + n] - padded[DELTA_REACH - k:DELTA_REACH - k + n])
+                for k in range(1, DELTA_REACH + 1)) / (2 * sum(k * k for k in range(1, DELTA_REACH + 1)))
+    return torch.cat([z, delta], dim=1)
 
 
 @dataclass
@@ -117,6 +143,8 @@ class ClipEncoder:
             audio["layers"] = "all"
         else:
             audio.update(layers=None, n_mels=MEL_N_MELS, n_fft=MEL_N_FFT, hop=MEL_HOP, log_floor=MEL_LOG_FLOOR)
+            if self.audio.variant:
+                audio["variant"] = self.audio.variant
         return {
             "motion": {"dim": int(self.motion.style_dim), "dtype": "float32"},
             "lambdas": {"dim": int(self.motion.motion_dim), "dtype": "float32"},
@@ -188,8 +216,8 @@ def resolve_audio_kind(audio_features: str, wav2vec2: Path | None) -> str:
     if audio_features == "auto":
         return "wav2vec2" if wav2vec2 is not None else "mel"
     if audio_features not in AUDIO_KINDS:
-        raise EncoderSetupError(f"--audio-features must be auto, wav2vec2 or mel, got {audio_features!r}")
-    if audio_features == "mel" and wav2vec2 is not None:
+        raise EncoderSetupError(f"--audio-features must be auto, wav2vec2, mel or mel-speech, got {audio_features!r}")
+    if audio_features.startswith("mel") and wav2vec2 is not None:
         raise EncoderSetupError("--audio-features mel and --wav2vec2 together: the wav2vec2 folder would be unused")
     return audio_features
 
@@ -273,8 +301,9 @@ def build_encoder(input_size: int, audio_features: str = "auto", wav2vec2: Path 
         log(f"WARNING: motion encoder has RANDOM weights (seed {seed}); no --float-ckpt / --motion-ckpt given. "
             "The latents exercise the pipeline but mean nothing; the manifest records random: true.")
 
-    if kind == "mel":
-        audio = LogMel()
+    if kind.startswith("mel"):
+        audio = LogMel(speech=kind == "mel-speech")
+        kind = "mel"
         audio_info = {"fingerprint": audio.fingerprint, "source": audio.description, "random": False, "kind": "mel"}
     else:
         from float.audio_encoder import Wav2Vec2Features

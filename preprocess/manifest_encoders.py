@@ -19,7 +19,7 @@ import torch
 from float.audio_encoder import Wav2Vec2Features
 from float.emotion_encoder import EmotionEncoder
 from float.motion_autoencoder import MotionAutoEncoder
-from preprocess.encode import ClipEncoder, EncoderSetupError, LogMel, load_motion_encoder
+from preprocess.encode import SPEECH_VARIANT, ClipEncoder, EncoderSetupError, LogMel, load_motion_encoder
 
 _RANDOM_SOURCE = re.compile(r"^random-seed-(\d+)$")
 
@@ -106,7 +106,10 @@ def build_audio_encoder(manifest: dict, wav2vec2: str | Path | None = None, ser:
     audio = None
     if need_audio:
         if kind == "mel":
-            audio = LogMel()
+            if features.get("variant") not in (None, SPEECH_VARIANT):
+                raise EncoderSetupError(f"manifest: unknown log-mel variant {features.get('variant')!r} (this version "
+                                        f"knows plain log-mel and {SPEECH_VARIANT!r})")
+            audio = LogMel(speech=features.get("variant") == SPEECH_VARIANT)
         elif kind == "wav2vec2":
             audio = _wav2vec2_from_manifest(info, wav2vec2)
             if features.get("layers", "all") not in ("all", None):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from shards.augment import PairAugment, augment_pairs
 from shards.crops import CROP_ONLY_MEMBERS, JPEGS, OFFSETS, CropClip
 from shards.dataset import TrainWindows
 from shards.errors import CorruptSample
@@ -40,6 +41,7 @@ _THUMB = 16  # side of the thumbnails that measure how far a frame is from the s
 class PairSpec:
     pairs_per_clip: int = 4  # (source, driving) pairs drawn from each decoded clip
     hard_fraction: float = 0.0  # share of pairs whose driving frame is the farthest of HARD_CANDIDATES
+    augment: PairAugment = PairAugment()  # transforms shared by a pair's two frames (shards/augment.py)
 
     def __post_init__(self) -> None:
         if self.pairs_per_clip < 1:
@@ -140,27 +142,31 @@ class CropPairs(TrainWindows):
 
     def spec_state(self) -> list:
         # hard_fraction only when used, so streams saved before it existed still resume exactly
-        hard = [self.spec.hard_fraction] if self.spec.hard_fraction else []
-        return ["pairs", self.spec.pairs_per_clip, self.size, *hard]
+        # (and the augmentation likewise)
+        hard = [self.spec.hard_fraction] if self.spec.hard_fraction or self.spec.augment.active else []
+        augment = [",".join(self.spec.augment.names())] if self.spec.augment.active else []
+        return ["pairs", self.spec.pairs_per_clip, self.size, *hard, *augment]
 
     def decode(self, key: str, members: dict[str, bytes]) -> CropClip:
         return CropClip(key, members)  # CropSampleError is a CorruptSample: the stream skips the clip
 
     def draw(self, clip: CropClip, rng: np.random.Generator) -> list[dict]:
-        return draw_pairs(clip, self.spec.pairs_per_clip, rng, self.size, self.spec.hard_fraction)
+        pairs = draw_pairs(clip, self.spec.pairs_per_clip, rng, self.size, self.spec.hard_fraction)
+        return augment_pairs(pairs, self.spec.augment, rng)
 
 
 def make_pair_loader(urls: list[str], batch_size: int, num_workers: int = 0, seed: int = 0, rank: int = 0,
                      world_size: int = 1, pairs_per_clip: int = 4, pin_memory: bool | None = None, *,
                      size: int | None = None, state: dict | None = None, prefetch_factor: int = 2,
-                     hard_fraction: float = 0.0, **dataset_kwargs) -> WindowLoader:
+                     hard_fraction: float = 0.0, augment: PairAugment = PairAugment(),
+                     **dataset_kwargs) -> WindowLoader:
     """A WindowLoader of collated pair batches over CropPairs(urls, ...).
 
     ``state``: a saved ``state_dict()`` to continue from (strict). ``dataset_kwargs``:
     shuffle_buffer, shards_per_block, resampled, and CropPairs's stream_kwargs (sources and
     weights of mixed sets: ``ShardSets.loader_kwargs``; the retry rule).
     """
-    dataset = CropPairs(urls, PairSpec(pairs_per_clip, hard_fraction), seed=seed, rank=rank, world_size=world_size,
+    dataset = CropPairs(urls, PairSpec(pairs_per_clip, hard_fraction, augment), seed=seed, rank=rank, world_size=world_size,
                         size=size, **dataset_kwargs)
     return loader_over(dataset, batch_size, num_workers, pin_memory, prefetch_factor, state)
 

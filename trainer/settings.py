@@ -259,6 +259,9 @@ class MotionSettings(CommonSettings):
     pairs_per_clip: int = opt(8, "(source, driving) pairs drawn from each decoded clip.")
     hard_pairs: float = opt(0.5, "Share of pairs whose driving frame is the one of 8 candidates farthest from the "
                                  "source (measured: a closed mouth learns to open only with them; 0: all uniform).")
+    augment: str = opt("none", "Transforms shared by a pair's source and driving frame, comma-separated: flip, "
+                               "colour, affine (scale and shift); 'all' or 'none'. They show the model more faces "
+                               "than a few people give (shards/augment.py).")
     init: Optional[str] = opt(None, "Start from an official float.pth's motion_autoencoder.* (full width) or a "
                                     "stage-1 checkpoint's EMA weights (a file, or a run folder: its final "
                                     "checkpoint, else its newest).")

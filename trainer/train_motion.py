@@ -30,6 +30,7 @@ from float.motion_training import MotionLossWeights, discriminator_losses, gener
 from float.perceptual import PerceptualWeightsError, build_perceptual
 from shards.crops import CROP_MEMBERS, CROP_ONLY_MEMBERS, check_crop_manifest
 from shards.errors import ManifestError
+from shards.augment import PairAugment
 from shards.mix import ShardSets
 from shards.pairs import ValPairs, make_pair_loader
 from shards.sources import manifest_location, shard_urls
@@ -216,6 +217,13 @@ def _train_shards(sets: ShardSets) -> tuple[list[str], dict]:
     return urls, mix
 
 
+def augment_spec(s: MotionSettings) -> PairAugment:
+    try:
+        return PairAugment.parse(s.augment)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
+
+
 def _model_config(s: MotionSettings, preset: str, manifest: dict) -> FloatConfig:
     """The preset at the crops' size (the data decides it, as the shards decide the FMT's audio width)."""
     try:
@@ -246,6 +254,7 @@ def _val_batches(s: MotionSettings, sets: ShardSets, info: DistInfo, log) -> lis
 
 def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
     setup.check_loop_options(s)
+    augment_spec(s)  # a bad --augment is refused before any work
     if s.r1_every < 1:
         raise TrainingError("--r1-every must be at least 1")
     device = info.device
@@ -301,13 +310,15 @@ def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
         num_workers = setup.worker_count(s, device)
         loader = make_pair_loader(train_urls, s.batch_size, num_workers, s.seed, info.rank, info.world_size,
                                   s.pairs_per_clip, pin_memory=device.type == "cuda", size=cfg.input_size,
-                                  shuffle_buffer=s.shuffle_buffer, hard_fraction=s.hard_pairs, **mix)
+                                  shuffle_buffer=s.shuffle_buffer, hard_fraction=s.hard_pairs,
+                                  augment=augment_spec(s), **mix)
         if stream_state is not None:
             loader.load_state_dict(stream_state, strict=False)
         val_batches = _val_batches(s, sets, info, log)
         resolved = {"preset": preset, "device": str(device), "world_size": info.world_size,
                     "input_size": cfg.input_size, "ae_width": cfg.ae_width, "lr": schedule["lr"],
                     "warmup": schedule["warmup"], "init": init_note,
+                    "augment": ",".join(augment_spec(s).names()) or "none",
                     "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
                     "num_workers": num_workers, "global_batch": s.batch_size * s.grad_accum * info.world_size,
                     "parameters": count_parameters(model),

@@ -1,0 +1,130 @@
+"""Stage-1 pair augmentation (shards/augment.py): one draw for both frames of a pair, exact resume,
+the option's errors; and the mel-speech audio features (per-clip standardised log-mel + deltas)."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from shards.augment import PairAugment, apply, augment_pairs
+from shards.crops import crop_shard_urls
+from shards.pairs import make_pair_loader
+from crop_factory import make_crop_shards
+
+SIZE = 32
+
+
+def _frame(seed: int, size: int = SIZE) -> np.ndarray:
+    """A frame with structure (a gradient and a bright square), so flips and shifts show."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    img = np.stack([x * 255 / size, y * 255 / size, np.full((size, size), 90.0)], axis=-1)
+    img[4:12, 6:14] = rng.integers(150, 255, 3)
+    return img.astype(np.uint8)
+
+
+def test_parse_names_and_refuses_unknown():
+    assert not PairAugment.parse("none").active and not PairAugment.parse("").active
+    assert PairAugment.parse("all").names() == ["flip", "colour", "affine"]
+    assert PairAugment.parse("flip, affine").names() == ["flip", "affine"]
+    with pytest.raises(ValueError, match="unknown transform.*rotate"):
+        PairAugment.parse("flip,rotate")
+
+
+def test_one_draw_moves_both_frames_alike():
+    source, driving = _frame(0), _frame(1)
+    pairs = [{"key": "k", "source": source, "driving": driving, "source_frame": 0, "driving_frame": 1}] * 20
+    out = augment_pairs(pairs, PairAugment.parse("all"), np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    spec = PairAugment.parse("all")
+    flips = 0
+    for pair in out:
+        p = spec.draw(rng)  # the same generator, the same order: the very parameters used
+        assert np.array_equal(pair["source"], apply(source, p))
+        assert np.array_equal(pair["driving"], apply(driving, p))
+        flips += p["flip"]
+    assert 3 <= flips <= 17  # a fair coin over 20 pairs
+    assert not np.array_equal(out[0]["source"], source)  # something changed
+    assert np.array_equal(pairs[0]["source"], source)  # the clip's own frames are untouched
+
+
+def test_flip_mirrors_and_colour_keeps_range():
+    frame = _frame(0)
+    base = PairAugment().draw(np.random.default_rng(0))
+    assert np.array_equal(apply(frame, base), frame)  # nothing on: the frame as it was
+    assert np.array_equal(apply(frame, {**base, "flip": True}), frame[:, ::-1])
+    bright = apply(frame, {**base, "brightness": 1.25})
+    assert bright.dtype == np.uint8 and bright.mean() > frame.mean() + 10
+    shifted = apply(frame, {**base, "shift": np.array([0.25, 0.0])})
+    assert np.array_equal(shifted[:, 8 + 8], frame[:, 8])  # 25 % of 32 px = 8 px to the right
+
+
+def test_switching_one_transform_keeps_the_others_draws():
+    a = PairAugment.parse("affine").draw(np.random.default_rng(5))
+    b = PairAugment.parse("affine,colour").draw(np.random.default_rng(5))
+    assert a["scale"] == b["scale"] and np.array_equal(a["shift"], b["shift"])
+
+
+@pytest.fixture(scope="module")
+def crop_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("crops")
+    make_crop_shards(folder, {"train": 6, "val": 2}, frames=(6, 12), size=SIZE, seed=2, clips_per_shard=2)
+    return folder
+
+
+def _batches(loader, n):
+    return list(itertools.islice(iter(loader), n))
+
+
+def test_augmented_stream_resumes_exactly_and_records_the_transforms(crop_dir):
+    urls = crop_shard_urls(crop_dir, "train")
+    kw = dict(seed=4, shuffle_buffer=8, size=SIZE, pairs_per_clip=3, augment=PairAugment.parse("all"))
+    whole = _batches(make_pair_loader(urls, 3, **kw), 10)
+    plain = _batches(make_pair_loader(urls, 3, **{**kw, "augment": PairAugment()}), 10)
+    assert any(not torch.equal(a["source"], b["source"]) for a, b in zip(whole, plain))
+    first = make_pair_loader(urls, 3, **kw)
+    head = _batches(first, 4)
+    state = first.state_dict()
+    assert state["spec"] == ["pairs", 3, SIZE, 0.0, "flip,colour,affine"]
+    rest = _batches(make_pair_loader(urls, 3, state=state, **kw), 6)
+    for x, y in zip(head + rest, whole):
+        assert x["key"] == y["key"] and torch.equal(x["source"], y["source"]) and torch.equal(x["driving"], y["driving"])
+    with pytest.raises(ValueError, match="spec"):  # resuming with other transforms is refused
+        make_pair_loader(urls, 3, state=state, **{**kw, "augment": PairAugment.parse("flip")})
+
+
+def test_train_motion_refuses_a_bad_augment_before_any_work(tmp_path, crop_dir):
+    from trainer.errors import TrainingError
+    from trainer.settings import MotionSettings
+    from trainer.train_motion import prepare
+    from trainer.distributed import init_distributed
+
+    s = MotionSettings(data_root=[str(crop_dir)], out=str(tmp_path / "run"), augment="flip,blur", steps=1)
+    with pytest.raises(TrainingError, match="unknown transform.*blur"):
+        prepare(s, init_distributed("cpu"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_mel_speech_features_are_clip_standardised_with_deltas():
+    from preprocess.encode import LogMel, speech_features
+
+    t = np.arange(16000 * 2) / 16000
+    noise = np.random.default_rng(0).standard_normal(t.size)
+    wave = (0.3 * noise * (t > 1.0)).astype(np.float32)  # silence, then a broadband sound in every band
+    plain, speech = LogMel()(wave, 50), LogMel(speech=True)(wave, 50)
+    assert plain.shape == (50, 80) and speech.shape == (50, 160)
+    z = speech[:, :80]
+    assert np.allclose(z.mean(0), 0, atol=1e-4)
+    assert np.allclose(z.std(0)[z.std(0) > 0.5], 1, atol=1e-3)
+    delta = speech[:, 80:]
+    onset = np.abs(delta).sum(1)
+    assert 23 <= int(onset.argmax()) <= 27  # the deltas peak where the sound starts (frame 25)
+    louder = LogMel(speech=True)(wave * 4, 50)
+    steady = np.r_[0:22, 28:50]  # away from the onset, where the floor of silence bends the log
+    assert np.allclose(louder[steady, :80], z[steady], atol=0.06)  # the recording's loudness is taken out
+    assert not np.allclose(LogMel()(wave * 4, 50), plain, atol=1)  # which plain log-mel keeps
+    assert LogMel().fingerprint != LogMel(speech=True).fingerprint
+    ramp = torch.arange(10.0)[:, None].repeat(1, 2)
+    assert torch.allclose(speech_features(ramp)[2:-2, 2:], torch.full((6, 2), 1 / ramp[:, 0].std(unbiased=False)))
