@@ -30,7 +30,7 @@ SHARD_ARGS := --out $(SHARDS) --preset $(PRESET) \
 	$(if $(WAV2VEC2),--wav2vec2 $(WAV2VEC2)) \
 	$(if $(SER),--ser $(SER))
 
-.PHONY: install test shards stage1 stage1-asset latents train sample eval demo bench bench-gpu clean
+.PHONY: install test shards stage1 stage1-asset latents train sample eval demo real bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -87,6 +87,32 @@ eval: install
 # The end-to-end job on the built-in default: synthetic shards and crops, stage-1 latents, FMT training, samples.
 demo: latents train sample eval
 	@echo "demo done: metrics in $(RUN)/metrics.jsonl, samples (videos, plots) in $(RUN)/samples/, scores in $(RUN)/eval.md"
+
+# The real-data recipe: both stages on a folder of real talking-head clips (one sub-folder per speaker), the
+# speakers VAL_IDS / TEST_IDS held out, ending with `floatctl eval` of the held-out people (README, real data).
+# RECIPE=cpu (a 2-core CPU, measured) or gpu (longer and bigger: recipes/real-gpu-*.yaml).
+DATA    ?=
+VAL_IDS ?=
+TEST_IDS?=
+RECIPE  ?= cpu
+REAL_DATA := data/real-$(RECIPE)
+REAL_RUN  := runs/real-$(RECIPE)
+REAL_PRESET = $(shell sed -n 's/^preset: *//p' recipes/real-$(RECIPE)-stage1.yaml)
+REAL_AUDIO  := --audio-features mel-speech
+real: install
+	@test -n "$(DATA)" -a -n "$(VAL_IDS)" -a -n "$(TEST_IDS)" || (echo "usage: make real DATA=folder VAL_IDS=a,b TEST_IDS=c,d [RECIPE=cpu|gpu]" && false)
+	$(FLOATCTL) shards --input $(DATA) --out $(REAL_DATA)/first-pass --crops --crops-out $(REAL_DATA)/crops \
+		--preset $(REAL_PRESET) --segment-seconds 10 --val-ids $(VAL_IDS) --test-ids $(TEST_IDS) $(REAL_AUDIO)
+	$(FLOATCTL) train-motion --config recipes/real-$(RECIPE)-stage1.yaml --data-root $(REAL_DATA)/crops \
+		--out $(REAL_RUN)/stage1 --resume auto
+	$(FLOATCTL) export $(REAL_RUN)/stage1 $(REAL_RUN)/stage1.pt
+	$(FLOATCTL) shards --from-crops $(REAL_DATA)/crops --motion-ckpt $(REAL_RUN)/stage1.pt \
+		--out $(REAL_DATA)/latents $(REAL_AUDIO) --overwrite
+	$(FLOATCTL) train --config recipes/real-$(RECIPE)-fmt.yaml --data-root $(REAL_DATA)/latents \
+		--out $(REAL_RUN)/fmt --resume auto
+	$(FLOATCTL) sample $(REAL_RUN)/fmt
+	$(FLOATCTL) eval $(REAL_RUN)/fmt
+	@echo "real recipe done: held-out scores in $(REAL_RUN)/fmt/eval.md, stage 1 in $(REAL_RUN)/stage1/metrics.jsonl"
 
 bench: install
 	$(PY) benchmarks/fmt_step.py

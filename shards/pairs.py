@@ -20,6 +20,7 @@ import torch
 
 from shards.augment import PairAugment, augment_pairs
 from shards.crops import CROP_ONLY_MEMBERS, JPEGS, OFFSETS, CropClip
+from shards.format import META
 from shards.dataset import TrainWindows
 from shards.errors import CorruptSample
 from shards.loader import WindowLoader, loader_over
@@ -42,6 +43,7 @@ class PairSpec:
     pairs_per_clip: int = 4  # (source, driving) pairs drawn from each decoded clip
     hard_fraction: float = 0.0  # share of pairs whose driving frame is the farthest of HARD_CANDIDATES
     augment: PairAugment = PairAugment()  # transforms shared by a pair's two frames (shards/augment.py)
+    actor_weights: tuple = ()  # ((actor, weight), ...): pairs of a clip x its actor's weight (actor_weights())
 
     def __post_init__(self) -> None:
         if self.pairs_per_clip < 1:
@@ -135,6 +137,9 @@ class CropPairs(TrainWindows):
         super().__init__(urls, spec, seed=seed, rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer,
                          resampled=resampled, shards_per_block=shards_per_block, **stream_kwargs)
         self.size = size
+        self._weights = dict(spec.actor_weights)
+        if self._weights:
+            self.read_members = _PAIR_MEMBERS | {META}  # the clip's actor is in its meta.json
 
     @property
     def min_frames(self) -> int:
@@ -143,15 +148,26 @@ class CropPairs(TrainWindows):
     def spec_state(self) -> list:
         # hard_fraction only when used, so streams saved before it existed still resume exactly
         # (and the augmentation likewise)
-        hard = [self.spec.hard_fraction] if self.spec.hard_fraction or self.spec.augment.active else []
-        augment = [",".join(self.spec.augment.names())] if self.spec.augment.active else []
-        return ["pairs", self.spec.pairs_per_clip, self.size, *hard, *augment]
+        later = self.spec.augment.active or bool(self._weights)
+        hard = [self.spec.hard_fraction] if self.spec.hard_fraction or later else []
+        augment = [",".join(self.spec.augment.names())] if later else []
+        balanced = [[[a, round(w, 6)] for a, w in self.spec.actor_weights]] if self._weights else []
+        return ["pairs", self.spec.pairs_per_clip, self.size, *hard, *augment, *balanced]
 
     def decode(self, key: str, members: dict[str, bytes]) -> CropClip:
         return CropClip(key, members)  # CropSampleError is a CorruptSample: the stream skips the clip
 
     def draw(self, clip: CropClip, rng: np.random.Generator) -> list[dict]:
-        pairs = draw_pairs(clip, self.spec.pairs_per_clip, rng, self.size, self.spec.hard_fraction)
+        count = self.spec.pairs_per_clip
+        if self._weights:  # stochastic rounding: on average pairs_per_clip x weight pairs
+            actor = clip.meta().get("actor")
+            if actor in (None, ""):
+                raise CorruptSample("meta.json names no actor (needed by --balance-actors)")
+            actor = str(actor)
+            count = int(np.floor(count * self._weights.get(actor, 1.0) + rng.random()))
+            if count == 0:
+                return []
+        pairs = draw_pairs(clip, count, rng, self.size, self.spec.hard_fraction)
         return augment_pairs(pairs, self.spec.augment, rng)
 
 
@@ -159,16 +175,40 @@ def make_pair_loader(urls: list[str], batch_size: int, num_workers: int = 0, see
                      world_size: int = 1, pairs_per_clip: int = 4, pin_memory: bool | None = None, *,
                      size: int | None = None, state: dict | None = None, prefetch_factor: int = 2,
                      hard_fraction: float = 0.0, augment: PairAugment = PairAugment(),
-                     **dataset_kwargs) -> WindowLoader:
+                     actor_weights: tuple = (), **dataset_kwargs) -> WindowLoader:
     """A WindowLoader of collated pair batches over CropPairs(urls, ...).
 
     ``state``: a saved ``state_dict()`` to continue from (strict). ``dataset_kwargs``:
     shuffle_buffer, shards_per_block, resampled, and CropPairs's stream_kwargs (sources and
     weights of mixed sets: ``ShardSets.loader_kwargs``; the retry rule).
     """
-    dataset = CropPairs(urls, PairSpec(pairs_per_clip, hard_fraction, augment), seed=seed, rank=rank, world_size=world_size,
+    dataset = CropPairs(urls, PairSpec(pairs_per_clip, hard_fraction, augment, actor_weights), seed=seed, rank=rank, world_size=world_size,
                         size=size, **dataset_kwargs)
     return loader_over(dataset, batch_size, num_workers, pin_memory, prefetch_factor, state)
+
+
+def actor_weights(urls: list[str]) -> tuple:
+    """((actor, weight), ...) that draw every actor's pairs evenly: weight = (clips / actors) / the actor's
+    clips, read from each clip's meta.json in ``urls`` (one pass over the shards; only meta.json is kept).
+    With a few people and unequal footage (one speaker's 60 s cut into six clips, another's single 5 s
+    clip), uniform clips give the long-footage speakers most of the pairs and teach their faces."""
+    import json
+
+    counts: dict[str, int] = {}
+    for url in urls:
+        for key, members in iter_tar_samples(url, frozenset({META}), known_members=CROP_ONLY_MEMBERS):
+            try:
+                actor = json.loads(members[META]).get("actor")
+            except (KeyError, ValueError, AttributeError):
+                actor = None
+            if actor in (None, ""):
+                raise ValueError(f"{url}: {key} has no actor in its meta.json (needed to balance actors)")
+            actor = str(actor)
+            counts[actor] = counts.get(actor, 0) + 1
+    if not counts:
+        raise ValueError(f"no clips in {len(urls)} train shard(s) to balance actors over")
+    mean = sum(counts.values()) / len(counts)
+    return tuple((actor, mean / n) for actor, n in sorted(counts.items()))
 
 
 class ValPairs(FixedItems):

@@ -36,9 +36,11 @@ def clip_sample(key: str, split: str, frames: np.ndarray, wave: np.ndarray, fing
 
 def make_crop_shards(folder: str | Path, clips_per_split: dict[str, int] | None = None,
                      frames: int | tuple[int, int] = 12, size: int = 32, seed: int = 0,
-                     clips_per_shard: int = 2, frames_fn=crop_frames) -> dict:
+                     clips_per_shard: int = 2, frames_fn=crop_frames, actor_fn=None) -> dict:
     """Crop shards + a valid crop manifest; keys ``{split}-c{clip:03d}``, actor per split.
-    ``frames_fn(rng, frames, size)``: each clip's (T,S,S,3) RGB uint8 frames (default: synthetic)."""
+    ``frames_fn(rng, frames, size)``: each clip's (T,S,S,3) RGB uint8 frames (default: synthetic);
+    ``actor_fn(split, i)``: clip i's actor (default: two per split, alternating)."""
+    actor_fn = actor_fn or (lambda split, i: f"{split}{i % 2}")
     folder = Path(folder)
     clips_per_split = clips_per_split or {"train": 8, "val": 3}
     rng = np.random.default_rng(seed)
@@ -54,7 +56,7 @@ def make_crop_shards(folder: str | Path, clips_per_split: dict[str, int] | None 
                 wave = rng.normal(0, 0.1, n * SAMPLES_PER_FRAME).astype(np.float32)
                 key = f"{split}-c{i:03d}"
                 writer.add(key, clip_sample(key, split, frames_fn(rng, n, size), wave, base["fingerprint"],
-                                            actor=f"{split}{i % 2}", emotion_index=i % len(EMOTIONS)))
+                                            actor=actor_fn(split, i), emotion_index=i % len(EMOTIONS)))
                 total += n
         splits[split] = {"clips": count, "frames": total, "shards": [s.manifest_entry() for s in writer.completed]}
     manifest = dict(base, splits=splits)

@@ -262,6 +262,9 @@ class MotionSettings(CommonSettings):
     augment: str = opt("none", "Transforms shared by a pair's source and driving frame, comma-separated: flip, "
                                "colour, affine (scale and shift); 'all' or 'none'. They show the model more faces "
                                "than a few people give (shards/augment.py).")
+    balance_actors: bool = opt(False, "Draw every actor's (speaker's) pairs evenly, whatever their footage: a "
+                                      "clip's pairs are scaled by clips / actors / its actor's clips.",
+                               "--balance-actors")
     init: Optional[str] = opt(None, "Start from an official float.pth's motion_autoencoder.* (full width) or a "
                                     "stage-1 checkpoint's EMA weights (a file, or a run folder: its final "
                                     "checkpoint, else its newest).")

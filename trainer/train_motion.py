@@ -32,7 +32,7 @@ from shards.crops import CROP_MEMBERS, CROP_ONLY_MEMBERS, check_crop_manifest
 from shards.errors import ManifestError
 from shards.augment import PairAugment
 from shards.mix import ShardSets
-from shards.pairs import ValPairs, make_pair_loader
+from shards.pairs import ValPairs, actor_weights, make_pair_loader
 from shards.sources import manifest_location, shard_urls
 from shards.tar import ShardError, check_local_shards
 from trainer import run as setup
@@ -224,6 +224,18 @@ def augment_spec(s: MotionSettings) -> PairAugment:
         raise TrainingError(str(e)) from None
 
 
+def _actor_balance(s: MotionSettings, urls: list[str], log) -> tuple:
+    """--balance-actors: the actors' weights from the train shards' meta.json (printed), else ()."""
+    if not s.balance_actors:
+        return ()
+    try:
+        weights = actor_weights(urls)
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"--balance-actors: {e}") from None
+    log.info("--balance-actors: pairs per clip x " + ", ".join(f"{a} {w:.2f}" for a, w in weights))
+    return weights
+
+
 def _model_config(s: MotionSettings, preset: str, manifest: dict) -> FloatConfig:
     """The preset at the crops' size (the data decides it, as the shards decide the FMT's audio width)."""
     try:
@@ -308,10 +320,11 @@ def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
         if s.compile:
             train_model = torch.compile(train_model)
         num_workers = setup.worker_count(s, device)
+        balance = _actor_balance(s, train_urls, log)
         loader = make_pair_loader(train_urls, s.batch_size, num_workers, s.seed, info.rank, info.world_size,
                                   s.pairs_per_clip, pin_memory=device.type == "cuda", size=cfg.input_size,
                                   shuffle_buffer=s.shuffle_buffer, hard_fraction=s.hard_pairs,
-                                  augment=augment_spec(s), **mix)
+                                  augment=augment_spec(s), actor_weights=balance, **mix)
         if stream_state is not None:
             loader.load_state_dict(stream_state, strict=False)
         val_batches = _val_batches(s, sets, info, log)

@@ -128,3 +128,38 @@ def test_mel_speech_features_are_clip_standardised_with_deltas():
     assert LogMel().fingerprint != LogMel(speech=True).fingerprint
     ramp = torch.arange(10.0)[:, None].repeat(1, 2)
     assert torch.allclose(speech_features(ramp)[2:-2, 2:], torch.full((6, 2), 1 / ramp[:, 0].std(unbiased=False)))
+
+
+def test_balance_actors_draws_each_actor_evenly_and_resumes(tmp_path):
+    from shards.pairs import actor_weights
+
+    folder = tmp_path / "crops"
+    make_crop_shards(folder, {"train": 6, "val": 1}, frames=8, size=SIZE, seed=1, clips_per_shard=3,
+                     actor_fn=lambda split, i: "long" if i < 5 else "short")  # 5 clips against 1
+    urls = crop_shard_urls(folder, "train")
+    weights = actor_weights(urls)
+    assert weights == (("long", pytest.approx(3 / 5)), ("short", pytest.approx(3.0)))
+    kw = dict(seed=0, shuffle_buffer=8, size=SIZE, pairs_per_clip=4)
+
+    def short_share(**extra):
+        keys = [k for b in _batches(make_pair_loader(urls, 8, **kw, **extra), 60) for k in b["key"]]
+        return sum(k == "train-c005" for k in keys) / len(keys)
+
+    assert short_share() < 0.25  # uniform clips: the one-clip actor gets about 1/6 of the pairs
+    assert 0.4 < short_share(actor_weights=weights) < 0.6  # balanced: about half
+    first = make_pair_loader(urls, 8, **kw, actor_weights=weights)
+    whole = _batches(make_pair_loader(urls, 8, **kw, actor_weights=weights), 8)
+    head = _batches(first, 3)
+    rest = _batches(make_pair_loader(urls, 8, state=first.state_dict(), **kw, actor_weights=weights), 5)
+    assert [b["key"] for b in head + rest] == [b["key"] for b in whole]
+    with pytest.raises(ValueError, match="spec"):  # a resumed stream must keep its balance
+        make_pair_loader(urls, 8, state=first.state_dict(), **kw)
+
+
+def test_balance_actors_names_a_clip_without_actor(tmp_path):
+    from shards.pairs import actor_weights
+
+    make_crop_shards(tmp_path, {"train": 3, "val": 1}, frames=6, size=SIZE, clips_per_shard=3,
+                     actor_fn=lambda split, i: None if i == 1 else "a")
+    with pytest.raises(ValueError, match="train-c001 has no actor"):
+        actor_weights(crop_shard_urls(tmp_path, "train"))
