@@ -33,6 +33,9 @@ class FloatConfig:
     num_heads: int = 8
     mlp_ratio: float = 4.0
     attention_window: int = 2  # each frame attends to +-2 neighbouring frames
+    # The FMT's target: each frame's motion latent (the official model), or with relative_motion its
+    # difference from the reference frame's, so an unseen person's offset in the latent space cancels.
+    relative_motion: bool = False
     # timing
     fps: int = 25
     sampling_rate: int = 16000

@@ -53,9 +53,9 @@ def rectified_flow_loss(
     prev_mask = torch.ones(batch["prev_motion"].shape[:2], device=batch["motion"].device) if prev_mask is None else prev_mask.float()
     # The flow is learned on normalised latents (identity for the official model);
     # padded preceding frames stay zero, as the sampler feeds for the first window.
-    x1 = core.normalize_motion(batch["motion"])
-    prev_x = core.normalize_motion(batch["prev_motion"]) * prev_mask.unsqueeze(-1)
-    ref = core.normalize_motion(batch["ref_motion"])
+    x1 = core.motion_to_flow(batch["motion"], batch["ref_motion"])
+    prev_x = core.motion_to_flow(batch["prev_motion"], batch["ref_motion"]) * prev_mask.unsqueeze(-1)
+    ref = core.normalize_motion(batch["ref_motion"])  # the reference condition: standardised, never relative
     B, N, _ = x1.shape
     device = x1.device
     if t is None:

@@ -55,6 +55,19 @@ class FloatMotionModel(nn.Module):
     def denormalize_motion(self, x: Tensor) -> Tensor:
         return x * self.motion_std + self.motion_mean
 
+    def motion_to_flow(self, x: Tensor, ref: Tensor) -> Tensor:
+        """Raw motion (B, T, dim_w) -> what the flow generates: standardised, or with ``cfg.relative_motion``
+        the difference from the raw reference motion ``ref`` (B, dim_w) in units of the motion std."""
+        if self.cfg.relative_motion:
+            return (x - ref.unsqueeze(1)) / self.motion_std
+        return self.normalize_motion(x)
+
+    def flow_to_motion(self, x: Tensor, ref: Tensor) -> Tensor:
+        """The inverse of ``motion_to_flow``: generated (B, T, dim_w) -> raw motion latents."""
+        if self.cfg.relative_motion:
+            return x * self.motion_std + ref.unsqueeze(1)
+        return self.denormalize_motion(x)
+
     def project_audio(self, features: Tensor) -> Tensor:
         """(B, T, audio_input_dim) precomputed features -> (B, T, dim_a)."""
         return self.audio_encoder.audio_projection(features)

@@ -94,6 +94,7 @@ def generate_motion(
     base_seed = seed if seed is not None else torch.seed()
     generator.manual_seed(base_seed)
 
+    wr_raw = wr
     wr = model.normalize_motion(wr)  # the flow lives in the model's (normalised) latent space
     wa = model.project_audio(audio)
     if drop_audio:
@@ -119,4 +120,4 @@ def generate_motion(
         sample = integrate(field, x0, nfe, solver, official_grid)
         chunks.append(sample)
         prev_x, prev_wa = sample[:, -P:], wa_t[:, -P:]
-    return model.denormalize_motion(torch.cat(chunks, dim=1)[:, :T])
+    return model.flow_to_motion(torch.cat(chunks, dim=1)[:, :T], wr_raw)

@@ -54,3 +54,9 @@ class IdentityNorm:
 
     def denormalize_motion(self, x):
         return x
+
+    def motion_to_flow(self, x, ref):
+        return x - ref.unsqueeze(1) if self.cfg.relative_motion else x
+
+    def flow_to_motion(self, x, ref):
+        return x + ref.unsqueeze(1) if self.cfg.relative_motion else x

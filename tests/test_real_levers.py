@@ -163,3 +163,42 @@ def test_balance_actors_names_a_clip_without_actor(tmp_path):
                      actor_fn=lambda split, i: None if i == 1 else "a")
     with pytest.raises(ValueError, match="train-c001 has no actor"):
         actor_weights(crop_shard_urls(tmp_path, "train"))
+
+
+def test_relative_motion_learns_and_generates_the_difference_from_the_reference():
+    """relative_motion: the flow's target is (motion - reference) / std, and generation adds the reference back."""
+    from float.config import get_preset
+    from float.loss import rectified_flow_loss
+    from float.model import FloatMotionModel
+    from float.sampler import generate_motion
+
+    torch.manual_seed(0)
+    cfg = get_preset("tiny", dim_w=8, audio_input_dim=4, dim_h=32, depth=1, num_heads=2, relative_motion=True)
+    model = FloatMotionModel(cfg)
+    model.set_motion_stats(torch.zeros(8), torch.full((8,), 2.0))
+    x, ref = torch.randn(2, 5, 8), torch.randn(2, 8)
+    assert torch.allclose(model.motion_to_flow(x, ref), (x - ref[:, None]) / 2)
+    assert torch.allclose(model.flow_to_motion(model.motion_to_flow(x, ref), ref), x)
+    absolute = FloatMotionModel(cfg.replace(relative_motion=False))
+    assert torch.allclose(absolute.motion_to_flow(x, ref), x)  # the official target: the motion itself
+
+    N, P = cfg.num_frames, cfg.num_prev_frames
+    batch = {"motion": torch.randn(2, N, 8), "prev_motion": torch.randn(2, P, 8),
+             "prev_mask": torch.ones(2, P, dtype=torch.bool), "audio": torch.randn(2, N, 4),
+             "prev_audio": torch.randn(2, P, 4), "ref_motion": torch.randn(2, 8), "emotion": torch.zeros(2, 7)}
+    shifted = {**batch, "motion": batch["motion"] + 5, "prev_motion": batch["prev_motion"] + 5,
+               "ref_motion": batch["ref_motion"] + 5}
+    keep = {k: torch.ones(2) for k in ("audio", "ref", "emotion", "prev", "prev_audio")}
+    noise = torch.randn(2, N, 8)
+    model.set_motion_stats(torch.zeros(8), torch.ones(8))
+    model.fmt.requires_grad_(False)
+    for p in [*model.fmt.parameters(), *absolute.fmt.parameters()]:  # a zero field: it ignores every condition
+        p.requires_grad_(False).zero_()
+    a = rectified_flow_loss(model, batch, noise=noise, keep=keep, t=torch.full((2,), 0.5))
+    b = rectified_flow_loss(model, shifted, noise=noise, keep=keep, t=torch.full((2,), 0.5))
+    assert torch.allclose(a["current"], b["current"])  # a person's offset in the latent space cancels
+
+    out = generate_motion(model, torch.randn(2, N + 7, 4), batch["ref_motion"], torch.zeros(2, 7), nfe=2, seed=3)
+    noise_only = generate_motion(absolute, torch.randn(2, N + 7, 4), torch.zeros(2, 8), torch.zeros(2, 7), nfe=2,
+                                 seed=3)
+    assert torch.allclose(out - batch["ref_motion"][:, None], noise_only, atol=1e-5)  # zero field: noise + reference

@@ -49,6 +49,9 @@ def export_official(checkpoint: str | Path, out: str | Path, use_ema: bool = Tru
         log("WARNING: this model was trained on standardised motion latents (motion_mean / motion_std, used "
             "for seeded random encoders); the official code has no such step, so it will not reproduce this "
             "model's motion. The export is exact for models trained on raw latents (official float.pth encoder).")
+    if sm.model.cfg.relative_motion:
+        log("WARNING: this model generates motion relative to the reference frame (relative_motion); the official "
+            "code adds no reference to what it generates, so it will not reproduce this model's motion.")
     try:
         state = official_state_dict(sm.model)
     except CheckpointError as e:
