@@ -82,7 +82,7 @@ def test_total_is_the_weighted_sum_of_the_terms():
     disc = Discriminator(SIZE, 0.125)
     weights = MotionLossWeights(l1=2.0, perceptual=0.5, adversarial=0.1)
     losses, recon = generator_losses(model, src, drv, StructureLoss(), disc, weights)
-    assert set(losses) == {"total", "l1", "perceptual", "adversarial"}
+    assert set(losses) == {"total", "l1", "perceptual", "adversarial", "mouth"}
     assert recon.shape == drv.shape
     assert torch.allclose(losses["l1"], F.l1_loss(recon, drv))
     assert torch.allclose(losses["perceptual"], StructureLoss()(recon, drv))

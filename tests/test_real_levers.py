@@ -202,3 +202,29 @@ def test_relative_motion_learns_and_generates_the_difference_from_the_reference(
     noise_only = generate_motion(absolute, torch.randn(2, N + 7, 4), torch.zeros(2, 8), torch.zeros(2, 7), nfe=2,
                                  seed=3)
     assert torch.allclose(out - batch["ref_motion"][:, None], noise_only, atol=1e-5)  # zero field: noise + reference
+
+
+def test_mouth_weight_adds_an_l1_on_the_mouth_region_only():
+    from float.motion_training import MOUTH_BOX, MotionLossWeights, generator_losses, mouth_l1
+
+    class Fixed(torch.nn.Module):  # "reconstructs" a fixed image whatever the input
+        def __init__(self, image):
+            super().__init__()
+            self.image = image
+
+        def forward(self, source, driving):
+            return self.image.expand_as(driving)
+
+    driving = torch.zeros(2, 3, 40, 40)
+    in_mouth, outside = driving.clone(), driving.clone()
+    in_mouth[..., int(0.6 * 40), int(0.5 * 40)] = 1.0  # one pixel inside MOUTH_BOX
+    outside[..., 2, 2] = 1.0  # one pixel by the top-left corner
+    assert MOUTH_BOX[0] < 0.5 < MOUTH_BOX[1] and MOUTH_BOX[2] < 0.6 < MOUTH_BOX[3]
+    assert mouth_l1(in_mouth, driving) > 0 and mouth_l1(outside, driving) == 0
+    weights = MotionLossWeights(l1=1.0, perceptual=0.0, adversarial=0.0, mouth=4.0)
+    a, _ = generator_losses(Fixed(in_mouth[:1]), driving, driving, weights=weights)
+    b, _ = generator_losses(Fixed(outside[:1]), driving, driving, weights=weights)
+    assert torch.isclose(a["l1"], b["l1"])  # the whole-frame L1 cannot tell the two apart
+    assert a["total"] > b["total"] and torch.isclose(a["total"], a["l1"] + 4.0 * a["mouth"])
+    with pytest.raises(ValueError, match="mouth"):
+        MotionLossWeights(mouth=-1.0)

@@ -249,6 +249,8 @@ class MotionSettings(CommonSettings):
     l1_weight: float = opt(1.0, "Weight of the L1 reconstruction loss (0: off).")
     perceptual_weight: float = opt(1.0, "Weight of the perceptual loss (0: off).")
     adversarial_weight: float = opt(0.0, "Weight of the adversarial loss (0: off, no discriminator).")
+    mouth_weight: float = opt(0.0, "Weight of an extra L1 on the mouth region of the crop (float/motion_training.py "
+                                   "MOUTH_BOX; 0: off). Teaches the mouth that the whole-frame L1 hardly sees.")
     perceptual_weights: Optional[str] = opt(
         None, "VGG19 state dict (torchvision names) for the perceptual loss; without one a weight-free "
               "structure loss (multi-scale L1 + image gradients) stands in, and the run says so.")

@@ -92,7 +92,7 @@ def load_init_weights(path: str, model: MotionAutoEncoder, log=print) -> str:
 class MotionStage:
     """What the shared loop needs to know about stage 1."""
 
-    loss_keys = ("total", "l1", "perceptual", "adversarial")
+    loss_keys = ("total", "l1", "perceptual", "adversarial", "mouth")
     score_key, score_sign = "psnr", -1.0  # --early-stop watches held-out PSNR (higher is better)
 
     def __init__(self, run: Run, manifest: dict, perceptual, discriminator, d_train, d_optimizer,
@@ -101,9 +101,9 @@ class MotionStage:
         self.run, self.manifest, self.perceptual = run, manifest, perceptual
         self.discriminator, self.d_train, self.d_optimizer = discriminator, d_train, d_optimizer
         self.val_batches, self.has_val = val_batches, bool(val_batches)
-        self.weights = MotionLossWeights(s.l1_weight, s.perceptual_weight, s.adversarial_weight)
+        self.weights = MotionLossWeights(s.l1_weight, s.perceptual_weight, s.adversarial_weight, s.mouth_weight)
         self.before_adversarial = dataclasses.replace(self.weights, adversarial=0.0) \
-            if (s.l1_weight or s.perceptual_weight) else self.weights
+            if (s.l1_weight or s.perceptual_weight or s.mouth_weight) else self.weights
         self._last: tuple[Tensor, Tensor] | None = None
         self.media = MediaLog.of(run.log)  # the grid in TensorBoard / wandb too
 
@@ -282,7 +282,7 @@ def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
         setup.check_same_config(resumed[1], resumed[0], cfg)
         check_same_shards(resumed[1], resumed[0], manifest)
     try:
-        weights = MotionLossWeights(s.l1_weight, s.perceptual_weight, s.adversarial_weight)
+        weights = MotionLossWeights(s.l1_weight, s.perceptual_weight, s.adversarial_weight, s.mouth_weight)
         perceptual, perceptual_note = build_perceptual(s.perceptual_weights, device) \
             if weights.perceptual else (None, "perceptual loss off")
     except (PerceptualWeightsError, ValueError) as e:
@@ -340,7 +340,8 @@ def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
                     "data_roots": " + ".join(r.location + (f" x{r.weight:g}" if r.weight else "") for r in sets.roots),
                     "val_pairs": sum(b["source"].shape[0] for b in val_batches)}
         log.info("floatctl train-motion: " + ", ".join(f"{k} {v}" for k, v in resolved.items()))
-        log.info(f"losses: L1 x{s.l1_weight}, {perceptual_note} x{s.perceptual_weight}, adversarial "
+        log.info(f"losses: L1 x{s.l1_weight}, mouth-region L1 x{s.mouth_weight}, {perceptual_note} "
+                 f"x{s.perceptual_weight}, adversarial "
                  f"x{s.adversarial_weight}" + (f" from step {s.adversarial_start} (R1 gamma {s.r1_gamma} every "
                                                f"{s.r1_every})" if discriminator else " (no discriminator)"))
         if info.is_main:
