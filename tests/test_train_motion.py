@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -75,6 +76,7 @@ def test_short_run_validates_samples_and_checkpoints(crops, tmp_path):
     assert [m["step"] for m in val] == [0, 2, 4]
     for m in val:
         assert m["psnr_gain"] == pytest.approx(m["psnr"] - m["psnr_copy_source"])
+        assert math.isfinite(m["psnr_mouth_gain"])  # the mouth region alone, reconstruction vs copying the source
         assert 5.0 < m["psnr"] < 60.0
     train_rows = [m for m in read_metrics(tmp_path / "run") if m.get("split") == "train"]
     assert all("d_logistic" in m and "l1" in m and "perceptual" in m for m in train_rows)

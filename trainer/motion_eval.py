@@ -18,6 +18,16 @@ def psnr(images: Tensor, targets: Tensor) -> Tensor:
     return 10.0 * torch.log10(1.0 / mse)
 
 
+def mouth_region(images: Tensor) -> Tensor:
+    """The MOUTH_BOX of face crops (B,3,S,S): what a talking-head model must move and a whole-frame PSNR
+    barely weighs."""
+    from float.motion_training import MOUTH_BOX
+
+    side_y, side_x = images.shape[-2:]
+    x0, x1, y0, y1 = MOUTH_BOX
+    return images[..., int(y0 * side_y):int(round(y1 * side_y)), int(x0 * side_x):int(round(x1 * side_x))]
+
+
 def to_uint8_rgb(images: Tensor) -> np.ndarray:
     """(B,3,S,S) in [-1, 1] -> (B,S,S,3) uint8."""
     x = images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)

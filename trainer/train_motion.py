@@ -40,7 +40,7 @@ from trainer.distributed import DistInfo, init_distributed, wrap_ddp
 from trainer.ema import EMA
 from trainer.loop import TrainResult, run_loop
 from trainer.media_log import TAG_GRID, MediaLog
-from trainer.motion_eval import pair_grid, psnr, save_pair_grid
+from trainer.motion_eval import mouth_region, pair_grid, psnr, save_pair_grid
 from trainer.errors import TrainingError
 from trainer.run import MOTION_KIND, Run, check_local_folders, check_same_shards, read_shard_sets, to_device
 from trainer.schedule import resolve_schedule
@@ -142,16 +142,18 @@ class MotionStage:
     @torch.no_grad()
     def evaluate(self, step: int) -> dict:
         """Held-out PSNR of the EMA model's reconstructions and of copying the source frame."""
-        model, recon_db, copy_db = self.run.ema.shadow, [], []
+        model, db = self.run.ema.shadow, {"recon": [], "copy": [], "mouth": [], "mouth_copy": []}
         for batch in self.val_batches:
             source, driving = to_unit_range(batch["source"]), to_unit_range(batch["driving"])
             with self.run.autocast():
                 recon = model(source, driving).float()
-            recon_db.append(psnr(recon, driving))
-            copy_db.append(psnr(source, driving))
-        recon_psnr = float(torch.cat(recon_db).mean())
-        copy_psnr = float(torch.cat(copy_db).mean())
-        metrics = {"psnr": recon_psnr, "psnr_copy_source": copy_psnr, "psnr_gain": recon_psnr - copy_psnr}
+            db["recon"].append(psnr(recon, driving))
+            db["copy"].append(psnr(source, driving))
+            db["mouth"].append(psnr(mouth_region(recon), mouth_region(driving)))
+            db["mouth_copy"].append(psnr(mouth_region(source), mouth_region(driving)))
+        mean = {k: float(torch.cat(v).mean()) for k, v in db.items()}
+        metrics = {"psnr": mean["recon"], "psnr_copy_source": mean["copy"], "psnr_gain": mean["recon"] - mean["copy"],
+                   "psnr_mouth_gain": mean["mouth"] - mean["mouth_copy"]}
         self.run.log.log(step, metrics, split="val")
         return metrics
 
