@@ -43,7 +43,7 @@ from trainer.checkpoints import default_output_dir, load_manifest, load_sampling
 from trainer.errors import SampleError, exit_with_error
 from trainer.eval.clips import write_reference
 from trainer.eval.lipsync import clip_lipsync, face_rate, mean_lipsync
-from trainer.sample.generate import Generated, compile_fmt, generate_clips, motion_errors, save_latents
+from trainer.sample.generate import Generated, compile_fmt, generate_items, motion_errors, save_latents
 from trainer.sample.media_input import (EMOTION_CHOICES, InputError, emotion_name, emotion_vector, load_audio,
                                         load_reference_image, parse_emotion)
 from trainer.sample.official import official_state, run_official_sample
@@ -191,7 +191,7 @@ def _render(s: Session, item: Item, motion: Tensor, entry: dict, silent: Tensor 
     def render(motion: Tensor, suffix: str) -> np.ndarray:
         """Decode and encode at once: each batch goes to the mp4 writer thread as the next one decodes."""
         frames, _ = render_to_mp4(autoencoder, reference, motion, s.out / f"{item.name}{suffix}.mp4", item.waveform,
-                                  o.render_batch, o.decoder_precision)
+                                  o.render_batch, o.decoder_precision, o.overlap_encoding)
         return frames
 
     start = time.perf_counter()
@@ -227,24 +227,6 @@ def _render(s: Session, item: Item, motion: Tensor, entry: dict, silent: Tensor 
         + (f" ({100 * entry['face_rate_truth']:.0f}% of the ground-truth reconstruction's)" if truth is not None
            else ""))
     s.result.rendered = True
-
-
-def _generate_all(s: Session, items: list[Item], log) -> list[tuple[Generated, Generated | None]]:
-    """Every item's motion (and, for held-out clips, its motion with the audio dropped), ``clip_batch`` clips
-    at a time in one batch through the FMT; each equals what it gets generated alone."""
-    o, out = s.o, []
-    for first in range(0, len(items), o.clip_batch):
-        group = items[first:first + o.clip_batch]
-        inputs = ([i.features for i in group], [i.wr for i in group], [i.we for i in group])
-        common = dict(nfe=o.nfe, solver=o.solver, a_cfg_scale=o.a_cfg, e_cfg_scale=o.e_cfg, seed=o.seed,
-                      official_grid=o.official_grid)
-        gens = generate_clips(s.sm.model, *inputs, **common)
-        scored = [i.target is not None for i in group]
-        silent = generate_clips(s.sm.model, *inputs, drop_audio=True, **common) if any(scored) else [None] * len(group)
-        out += [(g, q if has_target else None) for g, q, has_target in zip(gens, silent, scored)]
-        if len(group) > 1:
-            log(f"generated {len(group)} clips in one batch")
-    return out
 
 
 def _sample_item(s: Session, item: Item, gen: Generated, silent: Generated | None, log) -> dict:
@@ -362,7 +344,7 @@ def _run_sample(o: SampleOptions, log: Callable[[str], None]) -> SampleResult:
     s = Session(o, sm, manifest, decoder, out, SampleResult(out, decoder_random=decoder.autoencoder is not None
                                                             and decoder.random), settings)
     entries = [_sample_item(s, item, gen, silent, log)
-               for item, (gen, silent) in zip(items, _generate_all(s, items, log))]
+               for item, (gen, silent) in zip(items, generate_items(sm.model, items, o, log))]
     s.result.metrics = _summary(s, entries, device, log)
     metrics_path = out / "metrics.json"
     atomic_write_text(metrics_path, json.dumps(s.result.metrics, indent=2) + "\n")

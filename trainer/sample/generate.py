@@ -87,6 +87,25 @@ def generate_clips(model: FloatMotionModel, audios: list, wrs: list, wes: list, 
     return [Generated(m.float().cpu(), seconds * len(m) / max(total, 1)) for m in motion]
 
 
+def generate_items(model: FloatMotionModel, items: list, o, log) -> list[tuple[Generated, Generated | None]]:
+    """Each item's motion and, where it has a ground truth (``item.target``), its motion with the audio dropped:
+    ``o.clip_batch`` items at a time in one batch through the FMT, each equal to what it gets alone. ``items``
+    carry ``features``, ``wr``, ``we``, ``target`` (trainer/sample/command.py's Item); ``o`` the SampleOptions."""
+    out = []
+    for first in range(0, len(items), o.clip_batch):
+        group = items[first:first + o.clip_batch]
+        inputs = ([i.features for i in group], [i.wr for i in group], [i.we for i in group])
+        common = dict(nfe=o.nfe, solver=o.solver, a_cfg_scale=o.a_cfg, e_cfg_scale=o.e_cfg, seed=o.seed,
+                      official_grid=o.official_grid)
+        gens = generate_clips(model, *inputs, **common)
+        scored = [i.target is not None for i in group]
+        silent = generate_clips(model, *inputs, drop_audio=True, **common) if any(scored) else [None] * len(group)
+        out += [(g, q if has_target else None) for g, q, has_target in zip(gens, silent, scored)]
+        if len(group) > 1:
+            log(f"generated {len(group)} clips in one batch through the FMT")
+    return out
+
+
 def compile_fmt(model: FloatMotionModel, device: torch.device, log) -> None:
     """``--compile``: torch.compile the FMT's forward in place (the guidance's batched pass calls it once per
     evaluation), on CUDA only; elsewhere a note says it is not applied. Shapes are fixed within a call (one

@@ -226,7 +226,7 @@ def run_official_sample(o: SampleOptions, state: dict, log: Callable[[str], None
     if o.render:
         start = time.perf_counter()
         video, path = render_to_mp4(autoencoder, ref, gen.motion, out / f"{name}.mp4", waveform, o.render_batch,
-                                    o.decoder_precision)
+                                    o.decoder_precision, o.overlap_encoding)
         result.files["video"] = [str(path)]
         render_seconds = time.perf_counter() - start
         speed.update(render_frames_per_s=frames / max(render_seconds, 1e-9),

@@ -185,10 +185,14 @@ def mp4_stream(path: str | Path, frames: int, size: tuple[int, int], audio: np.n
 
 
 def render_to_mp4(autoencoder: MotionAutoEncoder, reference: Reference, motion: Tensor, path: str | Path,
-                  audio: np.ndarray | None = None, batch_size: int = 16, precision: str = "fp32"
-                  ) -> tuple[np.ndarray, Path]:
+                  audio: np.ndarray | None = None, batch_size: int = 16, precision: str = "fp32",
+                  overlap: bool = True) -> tuple[np.ndarray, Path]:
     """``render_motion`` with each batch encoded to ``path`` while the next one decodes: (frames, mp4 path).
-    An encoder failure is one SampleError naming the file (never a hang)."""
+    An encoder failure is one SampleError naming the file (never a hang). ``overlap=False`` decodes
+    everything first, then encodes (the former way, kept for benchmarks/gpu.py's comparison)."""
+    if not overlap:
+        frames = render_motion(autoencoder, reference, motion, batch_size, precision)
+        return frames, write_mp4(path, frames, audio=audio)
     with mp4_stream(path, len(motion), (autoencoder.size, autoencoder.size), audio) as stream:
         frames = render_motion(autoencoder, reference, motion, batch_size, precision, sink=stream.put)
     return frames, stream.close()
