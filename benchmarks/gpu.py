@@ -143,7 +143,8 @@ def sample_rows(table: Table, checkpoint: Path, work: Path, sizes: gpu_rows.Size
     new, old = result["new"], result["old"]
     table.add("sample end to end", f"{new['s']:.2f} s for a {sizes.sample_seconds:g} s clip "
               f"({result['frames']} frames, NFE {sizes.sample_nfe}, decoder {new['precision']}, "
-              f"{sizes.sample_render_batch} frames a pass, mp4 during decoding; first call {new['cold_s']:.2f} s; "
+              f"{sizes.sample_render_batch} frames a pass, mp4 during decoding, --no-face-checks; first call with "
+              f"the checks {new['cold_s']:.2f} s; "
               f"generation + decoding + mp4 alone {new['generate_render_s']:.2f} s), motion {new['motion_fps']:.0f} "
               f"frames/s", "< 2 s for 10 s", new["s"] < 2.0)
     table.add("sample old settings", f"{old['s']:.2f} s (decoder {old['precision']}, "

@@ -82,3 +82,46 @@ def test_clips_of_different_lengths_batched_equal_each_clip_alone(one_thread, of
 
 def test_no_clips_is_an_empty_list():
     assert generate_motion_clips(random_model(), [], torch.zeros(0, CFG.dim_w), torch.zeros(0, 7)) == []
+
+
+# ---------------------------------------------------------------- on a CUDA GPU (benchmarks/gpu_session.sh runs these)
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+def test_batched_clips_on_the_gpu_match_the_cpu_compiled_or_not(compiled):
+    from trainer.sample.generate import compile_fmt
+
+    model = random_model()
+    g = torch.Generator().manual_seed(5)
+    audios = [torch.randn(n, CFG.audio_input_dim, generator=g) for n in (37, 120)]
+    wr, we = 0.3 + 0.5 * torch.randn(2, CFG.dim_w, generator=g), torch.rand(2, 7, generator=g)
+    options = dict(nfe=4, a_cfg_scale=2.0, e_cfg_scale=1.5, seed=7)
+    on_cpu = generate_motion_clips(model, audios, wr, we, **options)
+    gpu_model = random_model().cuda()
+    notes = []
+    if compiled:
+        compile_fmt(gpu_model, torch.device("cuda"), notes.append)
+        assert "compiled" in notes[0]
+    on_gpu = generate_motion_clips(gpu_model, [a.cuda() for a in audios], wr.cuda(), we.cuda(), **options)
+    for cpu, gpu in zip(on_cpu, on_gpu):
+        # TF32 matmuls and another noise stream on the GPU: compare statistics, not frames.
+        assert gpu.shape == cpu.shape and torch.isfinite(gpu).all()
+        assert abs(gpu.std().item() - cpu.std().item()) < 0.25 * cpu.std().item()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+def test_the_bf16_decoder_on_the_gpu_is_close_to_fp32_on_the_cpu():
+    import numpy as np
+
+    from float.motion_autoencoder import MotionAutoEncoder
+    from trainer.sample.render import encode_reference, render_motion
+
+    torch.manual_seed(0)
+    autoencoder = MotionAutoEncoder(32).eval()
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    motion = 0.3 * torch.randn(8, 512, generator=torch.Generator().manual_seed(1))
+    cpu = render_motion(autoencoder, encode_reference(autoencoder, image), motion, 4)
+    autoencoder = autoencoder.cuda()
+    gpu = render_motion(autoencoder, encode_reference(autoencoder, image), motion, 4, precision="auto")
+    assert np.abs(gpu.astype(int) - cpu.astype(int)).mean() < 4

@@ -218,6 +218,9 @@ def _render(s: Session, item: Item, motion: Tensor, entry: dict, silent: Tensor 
         no_audio = render(silent, ".no_audio")
     if no_audio is not None:
         s.add_file("no_audio", s.out / f"{item.name}.no_audio.mp4")
+    s.result.rendered = True
+    if not o.face_checks:  # the checks below run a face detector on the CPU over every clip: seconds at 512 px
+        return
     if item.waveform is not None:  # the lip-sync proxy of the generated, ground-truth and audio-dropped videos
         log(clip_lipsync(entry, item.name, item.waveform, video, truth, no_audio))
     entry["face_rate_generated"] = face_rate(video)
@@ -226,7 +229,6 @@ def _render(s: Session, item: Item, motion: Tensor, entry: dict, silent: Tensor 
     log(f"{item.name}: a face ({'dlib' if face_models.available() else 'Haar'}) is found in {100 * entry['face_rate_generated']:.0f}% of the generated frames"
         + (f" ({100 * entry['face_rate_truth']:.0f}% of the ground-truth reconstruction's)" if truth is not None
            else ""))
-    s.result.rendered = True
 
 
 def _sample_item(s: Session, item: Item, gen: Generated, silent: Generated | None, log) -> dict:
@@ -393,6 +395,9 @@ def sample(
     decoder_precision: str = typer.Option("auto", help="The motion decoder's precision: auto (bf16 autocast on CUDA, "
                                                        "fp32 elsewhere), fp32 or bf16."),
     clip_batch: int = typer.Option(8, help="Held-out clips generated together, in one batch through the FMT."),
+    face_checks: bool = typer.Option(True, "--face-checks/--no-face-checks", help="The lip-sync proxy and the share of "
+                                     "frames with a face (a face detector on the CPU over every video: seconds at "
+                                     "512 px)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the FMT's forward (CUDA only; the first "
                                                           "window pays the compilation)."),
     s3fd: Optional[Path] = typer.Option(None, help="float.pth only: face_alignment's S3FD weights "
@@ -403,7 +408,8 @@ def sample(
     """Generate motion with a checkpoint: held-out clips by default, or --audio with --image; render and plot."""
     options = SampleOptions(checkpoint, audio, image, out, data_root, split, clips, emotion, ser, wav2vec2,
                             float_ckpt, not no_crop, a_cfg, e_cfg, nfe, solver, seed, ema, device, render,
-                            render_batch, official_grid, s3fd, decoder_precision, clip_batch, compile)
+                            render_batch, official_grid, s3fd, decoder_precision, clip_batch, compile,
+                            face_checks=face_checks)
     try:
         run_sample(options, log=lambda m: print(m, flush=True))
     except (SampleError, InputError) as e:

@@ -34,6 +34,7 @@ class SampleOptions:
     decoder_precision: str = "auto"  # the motion decoder: auto (bf16 on CUDA, fp32 elsewhere), fp32 or bf16
     clip_batch: int = 8  # held-out clips generated together in one batch through the FMT
     compile: bool = False  # torch.compile the FMT's forward (CUDA only)
+    face_checks: bool = True  # the lip-sync proxy and the face rate of each rendered video (dlib on the CPU)
     overlap_encoding: bool = True  # mp4 encoding in a writer thread during decoding (False: after it, as before)
 
 
