@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     table.print()
     print(f"\n(one run, {time.perf_counter() - start:.0f} s; real rows: the trainers' own logged windows after the "
           f"first, which holds compilation and start-up; MFU: FMT 6 x params x tokens (preceding + current frames), stage 1 "
-          f"counted FLOPs; sample: the second call in this process, the first is cold)")
+          f"counted FLOPs; sample: warm calls in this process, the old settings' then the new path's, after a cold "
+          f"first call)")
     return 1 if any(measured.startswith("FAILED") for _, measured, _ in table.rows) else 0
 
 
