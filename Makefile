@@ -3,18 +3,6 @@ PY      := .venv/bin/python
 FLOATCTL:= .venv/bin/floatctl
 STAMP   := .venv/.installed
 
-SHARDS  ?= data/shards
-CROPS   ?= $(SHARDS)-crops
-RUN     ?= runs/demo
-STEPS   ?= 1000
-# Stage 1 (the motion auto-encoder): the checkpoint this repository ships, or STAGE1=train to train it
-# here first (`make stage1-asset` rebuilds the shipped one; see the README for its command and time).
-STAGE1  ?= assets/stage1-tiny.pt
-MOTION_RUN   ?= runs/motion-demo
-MOTION_STEPS ?= 1500
-STAGE1_CKPT  := $(if $(filter train,$(STAGE1)),$(MOTION_RUN)/stage1.pt,$(STAGE1))
-# The FMT's latents: re-encoded from the crop shards with the stage-1 encoder, unless float.pth encoded them.
-LATENTS ?= $(if $(FLOAT_CKPT),$(SHARDS),data/shards-stage1)
 # Optional real data and weights: make shards RAVDESS=... FLOAT_CKPT=... WAV2VEC2=... SER=...
 RAVDESS ?=
 FLOAT_CKPT ?=
@@ -23,6 +11,27 @@ SER ?=
 
 # The official float.pth encodes 512 px crops (paper preset); without it, the tiny CPU preset.
 PRESET  ?= $(if $(FLOAT_CKPT),paper,tiny)
+# `make demo PRESET=paper` (no FLOAT_CKPT): the paper-size path end to end on a GPU, in folders of its own: crops
+# at 512 px, stage 1 trained here (the shipped checkpoint is the tiny one, 128 px), latents, the paper FMT at a
+# GPU batch, samples and eval. Every default below that it changes is marked PAPER_DEMO; without it they are
+# exactly the tiny demo's.
+PAPER_DEMO := $(if $(FLOAT_CKPT),,$(filter paper,$(PRESET)))
+
+SHARDS  ?= $(if $(PAPER_DEMO),data/shards-paper,data/shards)
+CROPS   ?= $(SHARDS)-crops
+RUN     ?= $(if $(PAPER_DEMO),runs/demo-paper,runs/demo)
+STEPS   ?= $(if $(PAPER_DEMO),2000,1000)
+# FMT batch and stage-1 batch of the paper demo (the trainers' own defaults otherwise: 8).
+BATCH        ?= $(if $(PAPER_DEMO),64)
+MOTION_BATCH ?= $(if $(PAPER_DEMO),16)
+# Stage 1 (the motion auto-encoder): the checkpoint this repository ships, or STAGE1=train to train it
+# here first (`make stage1-asset` rebuilds the shipped one; see the README for its command and time).
+STAGE1  ?= $(if $(PAPER_DEMO),train,assets/stage1-tiny.pt)
+MOTION_RUN   ?= $(if $(PAPER_DEMO),runs/motion-demo-paper,runs/motion-demo)
+MOTION_STEPS ?= $(if $(PAPER_DEMO),300,1500)
+STAGE1_CKPT  := $(if $(filter train,$(STAGE1)),$(MOTION_RUN)/stage1.pt,$(STAGE1))
+# The FMT's latents: re-encoded from the crop shards with the stage-1 encoder, unless float.pth encoded them.
+LATENTS ?= $(if $(FLOAT_CKPT),$(SHARDS),$(if $(PAPER_DEMO),data/shards-paper-stage1,data/shards-stage1))
 
 SHARD_ARGS := --out $(SHARDS) --preset $(PRESET) \
 	$(if $(RAVDESS),--ravdess $(RAVDESS)) \
@@ -49,7 +58,7 @@ shards: install
 
 # Stage 1 on the crop shards (only with STAGE1=train); `--resume auto` reuses a finished run.
 STAGE1_TRAIN := --data-root $(CROPS) --preset $(PRESET) --resume auto --warmup 150 \
-	--log-step 50 --val-step 250 --save-step 250 --sample-step 250
+	--log-step 50 --val-step 250 --save-step 250 --sample-step 250$(if $(MOTION_BATCH), --batch-size $(MOTION_BATCH))
 stage1: shards
 ifeq ($(STAGE1),train)
 	$(FLOATCTL) train-motion $(STAGE1_TRAIN) --out $(MOTION_RUN) --steps $(MOTION_STEPS)
@@ -72,10 +81,11 @@ ifeq ($(FLOAT_CKPT),)
 	$(FLOATCTL) inspect $(LATENTS)
 endif
 
-# A short CPU run of the tiny preset; `--resume auto` makes a second `make train` continue it.
+# A short CPU run of the tiny preset (PRESET=paper: the paper FMT at batch 64 on a GPU); `--resume auto` makes a
+# second `make train` continue it.
 train: install
 	$(FLOATCTL) train --data-root $(LATENTS) --out $(RUN) --steps $(STEPS) --resume auto \
-		--log-step 100 --val-step 500 --save-step 500 --sample-step 500
+		--log-step 100 --val-step 500 --save-step 500 --sample-step 500$(if $(PAPER_DEMO), --preset paper)$(if $(BATCH), --batch-size $(BATCH))
 
 sample: install
 	$(FLOATCTL) sample $(RUN)
@@ -85,6 +95,7 @@ eval: install
 	$(FLOATCTL) eval $(RUN)
 
 # The end-to-end job on the built-in default: synthetic shards and crops, stage-1 latents, FMT training, samples.
+# `make demo PRESET=paper`: the same at 512 px with the paper models, stage 1 trained here (meant for one GPU).
 demo: latents train sample eval
 	@echo "demo done: metrics in $(RUN)/metrics.jsonl, samples (videos, plots) in $(RUN)/samples/, scores in $(RUN)/eval.md"
 

@@ -7,7 +7,10 @@ not yet run on one when this was written), in this order:
            checkpoint cadence) vs the bare compiled step of the same model and batch (autocast bf16,
            backward, fused AdamW on random batches already on the GPU); the shard loader alone.
   sample   `floatctl sample CKPT --audio 10s.wav --image P.png` end to end (audio features, FMT, decoder, mp4)
-           with the checkpoint the FMT row wrote, and its decoding frames/s.
+           with the checkpoint the FMT row wrote: the new path (guidance in one batched pass, bf16 decoder on
+           CUDA, 50 frames a decoder pass, mp4 encoded during decoding) against the old settings (fp32 decoder,
+           16 frames a pass, mp4 after decoding) in the same process; its decoding frames/s (decoder + mp4),
+           and the decoder alone at 512 px in fp32 and bf16.
 It prints samples/s, the share of time waiting for data (as the trainers log data_wait_fraction), peak
 memory (torch.cuda.max_memory_allocated), MFU against the card's dense bf16 peak (table below; the FMT's
 FLOPs are 6 * parameters * tokens, stage 1's are counted by torch.utils.flop_counter) and names the card.
@@ -51,7 +54,7 @@ MOTION_TODAY = 93.0  # pairs/s at 512 px, batch 32, bf16, measured on an H200 (i
 # Stage 1 goes first: it compiles nothing, so its figures are in even if the FMT's compilation runs long.
 ROWS = ("card", "stage 1 real train-motion", "stage 1 bare step", "stage 1 real / bare", "FMT real train",
         "FMT bare step", "FMT real / bare", "FMT loader alone", "FMT loader / real", "sample end to end",
-        "sample decoding")
+        "sample old settings", "sample decoding", "decoder alone")
 # The parts of a run (--only), each with its rows: a part that fails marks its rows FAILED and the next runs.
 SECTIONS = {"motion": ROWS[1:4], "fmt": ROWS[4:9], "sample": ROWS[9:]}
 
@@ -137,12 +140,22 @@ def motion_rows(table: Table, work: Path, sizes: gpu_rows.Sizes, device: torch.d
 
 def sample_rows(table: Table, checkpoint: Path, work: Path, sizes: gpu_rows.Sizes, device: torch.device) -> None:
     result = gpu_rows.sample_clip(checkpoint, work, sizes, device)
-    table.add("sample end to end", f"{result['warm_s']:.2f} s for a {sizes.sample_seconds:g} s clip "
-              f"({result['frames']} frames, NFE {sizes.sample_nfe}; first call {result['cold_s']:.2f} s; generation + "
-              f"decoding + mp4 alone {result['generate_render_s']:.2f} s), "
-              f"motion {result['motion_fps']:.0f} frames/s", "< 2 s for 10 s", result["warm_s"] < 2.0)
-    table.add("sample decoding", f"{result['render_fps']:.1f} frames/s at {sizes.sample_size} px (decoder + mp4)",
-              ">= 600 frames/s at 512 px", result["render_fps"] >= 600)
+    new, old = result["new"], result["old"]
+    table.add("sample end to end", f"{new['s']:.2f} s for a {sizes.sample_seconds:g} s clip "
+              f"({result['frames']} frames, NFE {sizes.sample_nfe}, decoder {new['precision']}, "
+              f"{sizes.sample_render_batch} frames a pass, mp4 during decoding, --no-face-checks; first call with "
+              f"the checks {new['cold_s']:.2f} s; "
+              f"generation + decoding + mp4 alone {new['generate_render_s']:.2f} s), motion {new['motion_fps']:.0f} "
+              f"frames/s", "< 2 s for 10 s", new["s"] < 2.0)
+    table.add("sample old settings", f"{old['s']:.2f} s (decoder {old['precision']}, "
+              f"{gpu_rows.OLD_SAMPLING['render_batch']} frames a pass, mp4 after decoding; generation + decoding + mp4 "
+              f"alone {old['generate_render_s']:.2f} s): new / old {old['s'] / max(new['s'], 1e-9):.2f}x faster")
+    table.add("sample decoding", f"{new['render_fps']:.1f} frames/s at {sizes.sample_size} px (decoder + mp4; old "
+              f"settings {old['render_fps']:.1f})", ">= 600 frames/s at 512 px", new["render_fps"] >= 600)
+    fp32 = gpu_rows.decoder_alone(sizes, device, "fp32")
+    bf16 = gpu_rows.decoder_alone(sizes, device, "bf16")
+    table.add("decoder alone", f"{bf16:.1f} frames/s bf16, {fp32:.1f} fp32 at {sizes.sample_size} px, "
+              f"{sizes.sample_render_batch} frames a pass (no mp4)")
 
 
 def run_section(table: Table, name: str, measure, *args):
@@ -205,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     table.print()
     print(f"\n(one run, {time.perf_counter() - start:.0f} s; real rows: the trainers' own logged windows after the "
           f"first, which holds compilation and start-up; MFU: FMT 6 x params x tokens (preceding + current frames), stage 1 "
-          f"counted FLOPs; sample: the second call in this process, the first is cold)")
+          f"counted FLOPs; sample: warm calls in this process, the old settings' then the new path's, after a cold "
+          f"first call)")
     return 1 if any(measured.startswith("FAILED") for _, measured, _ in table.rows) else 0
 
 

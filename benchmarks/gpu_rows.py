@@ -55,14 +55,17 @@ class Sizes:
     sample_size: int  # the motion decoder's input size for `floatctl sample`
     sample_nfe: int
     audio: str  # "wav2vec2" (the random wav2vec2-base, as the shard stage records it) or "mel"
+    sample_render_batch: int  # frames per decoder pass of the new sampling path (the old one: 16, the CLI default)
 
 
 GPU = Sizes("paper", {}, 256, 10, 4, 64, 200, True,
             "paper", 512, 32, 5, 4, 16, 24,
-            10.0, 512, 10, "wav2vec2")
+            10.0, 512, 10, "wav2vec2", 50)
 SMOKE = Sizes("tiny", {"dim_w": 512, "dim_a": 32, "dim_h": 32, "depth": 1, "num_heads": 2}, 4, 2, 3, 6, 70, False,
               "tiny", 32, 2, 2, 3, 4, 8,
-              1.0, 16, 2, "mel")
+              1.0, 16, 2, "mel", 4)
+# `floatctl sample` as it ran before the fast path: fp32 decoder, 16 frames a pass, mp4 encoded after decoding.
+OLD_SAMPLING = {"decoder_precision": "fp32", "render_batch": 16, "overlap_encoding": False}
 
 
 def sync(device: torch.device) -> None:
@@ -313,29 +316,56 @@ def result_frames(metrics: dict) -> int:
 
 
 def sample_clip(checkpoint: Path, work: Path, sizes: Sizes, device: torch.device) -> dict:
-    """`floatctl sample CKPT --audio A.wav --image P.png` of a ``sample_seconds`` clip, twice in this process:
-    the first call is cold (CUDA kernels, allocator, model loading), the second is the figure."""
+    """`floatctl sample CKPT --audio A.wav --image P.png` of a ``sample_seconds`` clip, three times in this process:
+    a cold call (CUDA kernels, allocator, model loading; with the face checks), then warm with the old settings
+    (OLD_SAMPLING) and warm with the new path (bf16 decoder on CUDA, ``sample_render_batch`` frames a pass, mp4
+    encoded during decoding), both with --no-face-checks: the dlib lip-sync proxy and face rate are diagnostics
+    on the CPU, not sampling.
+    {"new": figures, "old": figures}, each with its wall seconds, frames/s and the video written."""
     from trainer.sample.command import run_sample
     from trainer.sample.options import SampleOptions
 
     audio = write_speech(work / "speech.wav", sizes.sample_seconds)
     image = write_portrait(work / "portrait.png")
-    seconds, metrics = [], {}
-    for attempt in ("cold", "warm"):
+    new = {"render_batch": sizes.sample_render_batch}
+    unchecked = {"face_checks": False}  # the timed calls: no dlib lip-sync proxy / face rate on the CPU
+    figures = {}
+    for attempt, settings in (("cold", new), ("old", {**OLD_SAMPLING, **unchecked}), ("new", {**new, **unchecked})):
         options = SampleOptions(checkpoint, audio=audio, image=image, out=work / f"sample-{attempt}",
-                                emotion="neutral", nfe=sizes.sample_nfe, device=device.type)
+                                emotion="neutral", nfe=sizes.sample_nfe, device=device.type, **settings)
         sync(device)
         t0 = time.perf_counter()
         result = quiet_run(run_sample, options, log=print)
         sync(device)
-        seconds.append(time.perf_counter() - t0)
-        metrics = result.metrics
-    videos = result.files.get("video", [])
-    if not videos or not Path(videos[0]).is_file():
-        raise RuntimeError(f"floatctl sample wrote no video in {result.out}")
-    speed = metrics["speed"]
-    return {"cold_s": seconds[0], "warm_s": seconds[1], "frames": int(round(sizes.sample_seconds * 25)),
-            "motion_fps": speed["motion_frames_per_s"], "render_fps": speed.get("render_frames_per_s", 0.0),
-            # generation + decoding + mp4 of the rendered clip, as the command times them (no loading, no metrics)
-            "generate_render_s": result_frames(metrics) / max(speed.get("end_to_end_frames_per_s", 0.0), 1e-9),
-            "video": videos[0]}
+        seconds = time.perf_counter() - t0
+        videos = result.files.get("video", [])
+        if not videos or not Path(videos[0]).is_file():
+            raise RuntimeError(f"floatctl sample wrote no video in {result.out}")
+        speed = result.metrics["speed"]
+        figures[attempt] = {
+            "s": seconds, "motion_fps": speed["motion_frames_per_s"], "render_fps": speed.get("render_frames_per_s", 0.0),
+            # generation + decoding + mp4 of the rendered clip, as the command times them (no loading, no checks)
+            "generate_render_s": result_frames(result.metrics) / max(speed.get("end_to_end_frames_per_s", 0.0), 1e-9),
+            "precision": result.metrics["settings"]["decoder_precision"], "video": videos[0]}
+    figures["new"]["cold_s"] = figures["cold"]["s"]
+    figures["frames"] = int(round(sizes.sample_seconds * 25))
+    return figures
+
+
+def decoder_alone(sizes: Sizes, device: torch.device, precision: str, batches: int = 5) -> float:
+    """Frames/s of the motion decoder alone at ``sample_size`` px (render_motion: decode and convert to uint8
+    frames, no mp4), ``sample_render_batch`` frames a pass, under ``precision``; a seeded random auto-encoder
+    of the sampling path's width."""
+    from trainer.sample.render import encode_reference, render_motion
+
+    torch.manual_seed(0)
+    autoencoder = MotionAutoEncoder(sizes.sample_size).to(device).eval()
+    image = np.random.default_rng(0).integers(0, 256, (sizes.sample_size, sizes.sample_size, 3), dtype=np.uint8)
+    reference = encode_reference(autoencoder, image)
+    motion = reference.motion.cpu() + 0.1 * torch.randn(sizes.sample_render_batch * batches, reference.motion.shape[1])
+
+    def decode(_):
+        render_motion(autoencoder, reference, motion, sizes.sample_render_batch, precision)
+
+    seconds = timed_steps(decode, [None], warmup=1, steps=1, device=device)
+    return len(motion) / seconds

@@ -13,6 +13,8 @@ Generation is chunked and autoregressive like the official model: audio of any
 length is cut into windows of ``cfg.num_frames``; the last ``num_prev_frames``
 generated latents and their projected audio condition the next window (zeros
 for the first); a short last window is padded by repeating its last frame.
+``generate_motion_clips`` runs clips of different lengths as one batch, each
+as it would run alone.
 """
 from __future__ import annotations
 
@@ -84,15 +86,80 @@ def generate_motion(
     ``model`` is a FloatMotionModel; ``wr`` (B, dim_w) the reference motion;
     ``we`` (B, dim_e) emotion (zeros for none). ``drop_audio`` zeroes the
     projected audio, the unconditional input the model saw in training,
-    to measure how much the audio drives the motion.
+    to measure how much the audio drives the motion. One generator seeded
+    with ``seed`` draws the noise of the whole batch, window by window.
     """
+    cfg = model.cfg
+    B = audio.shape[0]
+    generator = torch.Generator(device=audio.device)
+    base_seed = seed if seed is not None else torch.seed()
+    generator.manual_seed(base_seed)
+
+    def noise(first_window: bool) -> Tensor:
+        if official_grid and not first_window:
+            # The official sampler re-seeds before each window: identical x0 in every window.
+            generator.manual_seed(base_seed)
+        return torch.randn(B, cfg.num_frames, cfg.dim_w, device=audio.device, dtype=wr.dtype, generator=generator)
+
+    return _flow(model, audio, wr, we, noise, nfe, solver, a_cfg_scale, e_cfg_scale, r_cfg_scale, official_grid,
+                 drop_audio)
+
+
+@torch.no_grad()
+def generate_motion_clips(
+    model,
+    audios: list[Tensor],
+    wr: Tensor,
+    we: Tensor,
+    nfe: int = 10,
+    solver: str = "euler",
+    a_cfg_scale: float = 2.0,
+    e_cfg_scale: float = 1.0,
+    r_cfg_scale: float = 1.0,
+    seed: int = 0,
+    official_grid: bool = False,
+    drop_audio: bool = False,
+) -> list[Tensor]:
+    """Several clips of different lengths in one batch: raw motion (T_i, dim_w) for each audio (T_i, A).
+
+    Each clip gets what ``generate_motion`` gives it alone with batch 1 (up to the float
+    rounding of a larger batch): its noise comes from its own generator seeded with
+    ``seed``, and a shorter clip's audio is padded to the longest by repeating its last
+    frame, which is exactly how its own last window is padded; windows past its end only
+    read that padding, and generation runs forward, so they change none of its frames.
+    ``wr`` (B, dim_w) and ``we`` (B, dim_e) hold one row per clip.
+    """
+    if not audios:
+        return []
+    cfg = model.cfg
+    device = audios[0].device
+    lengths = [a.shape[0] for a in audios]
+    longest = max(lengths)
+    padded = torch.stack([_pad_window(a[None], longest)[0] for a in audios])
+    generators = [torch.Generator(device=device).manual_seed(seed) for _ in audios]
+
+    def noise(first_window: bool) -> Tensor:
+        if official_grid and not first_window:
+            for g in generators:
+                g.manual_seed(seed)
+        return torch.cat([torch.randn(1, cfg.num_frames, cfg.dim_w, device=device, dtype=wr.dtype, generator=g)
+                          for g in generators])
+
+    motion = _flow(model, padded, wr, we, noise, nfe, solver, a_cfg_scale, e_cfg_scale, r_cfg_scale, official_grid,
+                   drop_audio)
+    return [motion[i, :n] for i, n in enumerate(lengths)]
+
+
+def _flow(model, audio: Tensor, wr: Tensor, we: Tensor, noise: Callable[[bool], Tensor], nfe: int, solver: str,
+          a_cfg_scale: float, e_cfg_scale: float, r_cfg_scale: float, official_grid: bool, drop_audio: bool) -> Tensor:
+    """The window loop both entry points share; ``noise(first_window)`` gives each window's x0 (B, N, dim_w).
+
+    The guidance's three passes (unconditional, audio only, all conditions) are one batched
+    forward per evaluation: FlowMatchingTransformer.forward_with_cfv stacks them."""
     cfg = model.cfg
     B, T, _ = audio.shape
     N, P = cfg.num_frames, cfg.num_prev_frames
     device, dtype = audio.device, wr.dtype
-    generator = torch.Generator(device=device)
-    base_seed = seed if seed is not None else torch.seed()
-    generator.manual_seed(base_seed)
 
     wr_raw = wr
     wr = model.normalize_motion(wr)  # the flow lives in the model's (normalised) latent space
@@ -113,11 +180,7 @@ def generate_motion(
             )
             return out[:, P:]
 
-        if official_grid and start > 0:
-            # The official sampler re-seeds before each window: identical x0 in every window.
-            generator.manual_seed(base_seed)
-        x0 = torch.randn(B, N, cfg.dim_w, device=device, dtype=dtype, generator=generator)
-        sample = integrate(field, x0, nfe, solver, official_grid)
+        sample = integrate(field, noise(start == 0), nfe, solver, official_grid)
         chunks.append(sample)
         prev_x, prev_wa = sample[:, -P:], wa_t[:, -P:]
     return model.flow_to_motion(torch.cat(chunks, dim=1)[:, :T], wr_raw)

@@ -64,6 +64,10 @@ def test_session_runs_the_cuda_tests_then_the_smoke_benchmark_with_every_row_and
     wait = float(re.search(r"data wait ([\d.]+) %", rows["FMT real train"][0]).group(1))
     assert real > 0 and 0 <= wait <= 100
     assert float(rows["sample decoding"][0].split()[0]) > 0
+    # The new sampling path against the old settings in the same process, and the decoder alone in both precisions.
+    assert "decoder fp32" in rows["sample end to end"][0]  # auto is fp32 on the CPU
+    assert re.search(r"new / old [\d.]+x faster", rows["sample old settings"][0])
+    assert re.search(r"[\d.]+ frames/s bf16, [\d.]+ fp32 at 16 px", rows["decoder alone"][0])
     # The targets stand next to the figures; a smoke run claims none of them met or missed.
     assert ">= 0.85x" in rows["FMT real / bare"][1] and ">= 1.2x" in rows["FMT loader / real"][1]
     assert "1.5x 93" in rows["stage 1 real train-motion"][1] and "< 2 s" in rows["sample end to end"][1]

@@ -156,6 +156,52 @@ def test_sample_with_no_option_renders_held_out_clips_and_reports_errors(run):
     assert str(out / "metrics.json") in result.output and ".plot.png" in result.output
 
 
+def test_held_out_clips_batched_through_the_fmt_equal_one_at_a_time(run, tmp_path):
+    """The two test clips (52 and 58 frames) in one batch, or one per batch: the same latents, with and without audio."""
+    latents = {}
+    for batch in (8, 1):
+        out = tmp_path / f"batch{batch}"
+        result = cli(["sample", run["ckpt"], "--out", out, "--nfe", 2, "--no-render", "--clip-batch", batch])
+        assert result.exit_code == 0, result.output
+        assert ("generated 2 clips in one batch" in result.output) == (batch == 8)
+        latents[batch] = {p.name: torch.load(p, weights_only=True) for p in sorted(out.glob("*.motion.pt"))}
+    assert len(latents[8]) == 2 and latents[8].keys() == latents[1].keys()
+    lengths = set()
+    for name, together in latents[8].items():
+        alone = latents[1][name]
+        lengths.add(len(together["motion"]))
+        torch.testing.assert_close(together["motion"], alone["motion"], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(together["motion_no_audio"], alone["motion_no_audio"], atol=1e-4, rtol=1e-4)
+    assert len(lengths) == 2  # clips of different lengths: the padding of the shorter one was exercised
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--decoder-precision", "fp16"], "--decoder-precision 'fp16': choose one of auto, fp32, bf16"),
+    (["--clip-batch", "0"], "--clip-batch must be at least 1"),
+])
+def test_bad_speed_options_are_one_line_and_exit_2(run, args, message):
+    result = cli(["sample", run["ckpt"], *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_compile_on_the_cpu_is_a_note_not_an_error(run, tmp_path):
+    result = cli(["sample", run["ckpt"], "--out", tmp_path, "--nfe", 2, "--no-render", "--clips", 1, "--compile"])
+    assert result.exit_code == 0, result.output
+    assert "--compile applies on CUDA only" in result.output
+    assert json.loads((tmp_path / "metrics.json").read_text())["settings"]["compile"] is True
+
+
+def test_no_face_checks_renders_without_the_lip_sync_proxy_and_face_rate(run, face_png, tmp_path):
+    audio = write_wav(tmp_path / "speech.wav", speech_like(0.6))
+    result = cli(["sample", run["ckpt"], "--audio", audio, "--image", face_png, "--out", tmp_path / "out", "--nfe", 2,
+                  "--no-face-checks", "--render-batch", 4])
+    assert result.exit_code == 0, result.output
+    assert video_info(tmp_path / "out" / "speech-astronaut.mp4")["frames"] == 15
+    entry = json.loads((tmp_path / "out" / "metrics.json").read_text())["items"][0]
+    assert "face_rate_generated" not in entry and "lipsync" not in entry
+    assert "lip-sync proxy" not in result.output and "a face (" not in result.output
+
+
 def test_source_waveform_is_read_back_from_the_clip_source(tmp_path):
     audio = speech_like(1.0)
     video = write_mp4(tmp_path / "clip.mp4", np.zeros((25, 16, 16, 3), np.uint8), audio=audio)

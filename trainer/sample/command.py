@@ -43,13 +43,14 @@ from trainer.checkpoints import default_output_dir, load_manifest, load_sampling
 from trainer.errors import SampleError, exit_with_error
 from trainer.eval.clips import write_reference
 from trainer.eval.lipsync import clip_lipsync, face_rate, mean_lipsync
-from trainer.sample.generate import generate, motion_errors, save_latents
+from trainer.sample.generate import Generated, compile_fmt, generate_items, motion_errors, save_latents
 from trainer.sample.media_input import (EMOTION_CHOICES, InputError, emotion_name, emotion_vector, load_audio,
                                         load_reference_image, parse_emotion)
 from trainer.sample.official import official_state, run_official_sample
 from trainer.sample.options import SampleOptions, SampleResult
 from trainer.sample.plot import feature_energy, plot_motion
-from trainer.sample.render import encode_reference, render_motion, side_by_side, write_mp4
+from trainer.sample.render import (PRECISIONS, decoder_precision, encode_reference, mp4_stream, render_to_mp4,
+                                   side_by_side)
 
 AUDIO_GAIN_EVIDENT = 1.05  # error without audio / error with audio above which the audio clearly helps
 RANDOM_DECODER_NOTE = (
@@ -157,11 +158,8 @@ def _announce_decoder(decoder, render: bool, log) -> None:
         log(RANDOM_DECODER_NOTE)
 
 
-def _errors(s: Session, item: Item, gen, entry: dict, record: dict, log) -> None:
+def _errors(item: Item, gen: Generated, silent: Generated, entry: dict, record: dict, log) -> None:
     """Generation error against the ground truth, with the audio and with the audio dropped."""
-    o = s.o
-    silent = generate(s.sm.model, item.features, item.wr, item.we, o.nfe, o.solver, o.a_cfg, o.e_cfg, o.seed,
-                      drop_audio=True, official_grid=o.official_grid)
     with_audio, without = motion_errors(gen.motion, item.target), motion_errors(silent.motion, item.target)
     entry.update({"l1_audio": with_audio["l1"], "mse_audio": with_audio["mse"], "l1_no_audio": without["l1"],
                   "mse_no_audio": without["mse"], "audio_gain": without["l1"] / max(with_audio["l1"], 1e-12)})
@@ -188,23 +186,41 @@ def _render(s: Session, item: Item, motion: Tensor, entry: dict, silent: Tensor 
     if item.reference is None:
         log(f"note: {item.name}: no reference image in the shard sample; not rendered")
         return
+    o = s.o
+
+    def render(motion: Tensor, suffix: str) -> np.ndarray:
+        """Decode and encode at once: each batch goes to the mp4 writer thread as the next one decodes."""
+        frames, _ = render_to_mp4(autoencoder, reference, motion, s.out / f"{item.name}{suffix}.mp4", item.waveform,
+                                  o.render_batch, o.decoder_precision, o.overlap_encoding)
+        return frames
+
     start = time.perf_counter()
     reference = encode_reference(autoencoder, item.reference)
-    video = render_motion(autoencoder, reference, motion, s.o.render_batch)
-    s.add_file("video", write_mp4(s.out / f"{item.name}.mp4", video, audio=item.waveform))
+    video = render(motion, "")
+    s.add_file("video", s.out / f"{item.name}.mp4")
     s.render_seconds += time.perf_counter() - start
     s.rendered_frames += len(motion)
     s.add_file("reference", write_reference(s.out / f"{item.name}.reference.png", item.reference))
     truth = no_audio = None
     if item.target is not None:
-        truth = render_motion(autoencoder, reference, torch.as_tensor(item.target), s.o.render_batch)
-        s.add_file("side_by_side", write_mp4(s.out / f"{item.name}.gt_vs_generated.mp4",
-                                             side_by_side(truth, video), audio=item.waveform))
         # On its own (no caption) for floatctl eval, as are the audio-dropped video and the reference image.
-        s.add_file("truth", write_mp4(s.out / f"{item.name}.truth.mp4", truth, audio=item.waveform))
-    if silent is not None:
-        no_audio = render_motion(autoencoder, reference, silent, s.o.render_batch)
-        s.add_file("no_audio", write_mp4(s.out / f"{item.name}.no_audio.mp4", no_audio, audio=item.waveform))
+        truth = render(torch.as_tensor(item.target), ".truth")
+        s.add_file("truth", s.out / f"{item.name}.truth.mp4")
+        pair = side_by_side(truth, video)
+        # Encoded in its thread while the audio-dropped motion decodes.
+        with mp4_stream(s.out / f"{item.name}.gt_vs_generated.mp4", len(pair), (pair.shape[2], pair.shape[1]),
+                        item.waveform) as stream:
+            stream.put(pair)
+            if silent is not None:
+                no_audio = render(silent, ".no_audio")
+        s.add_file("side_by_side", s.out / f"{item.name}.gt_vs_generated.mp4")
+    elif silent is not None:
+        no_audio = render(silent, ".no_audio")
+    if no_audio is not None:
+        s.add_file("no_audio", s.out / f"{item.name}.no_audio.mp4")
+    s.result.rendered = True
+    if not o.face_checks:  # the checks below run a face detector on the CPU over every clip: seconds at 512 px
+        return
     if item.waveform is not None:  # the lip-sync proxy of the generated, ground-truth and audio-dropped videos
         log(clip_lipsync(entry, item.name, item.waveform, video, truth, no_audio))
     entry["face_rate_generated"] = face_rate(video)
@@ -213,13 +229,10 @@ def _render(s: Session, item: Item, motion: Tensor, entry: dict, silent: Tensor 
     log(f"{item.name}: a face ({'dlib' if face_models.available() else 'Haar'}) is found in {100 * entry['face_rate_generated']:.0f}% of the generated frames"
         + (f" ({100 * entry['face_rate_truth']:.0f}% of the ground-truth reconstruction's)" if truth is not None
            else ""))
-    s.result.rendered = True
 
 
-def _sample_item(s: Session, item: Item, log) -> dict:
+def _sample_item(s: Session, item: Item, gen: Generated, silent: Generated | None, log) -> dict:
     o = s.o
-    gen = generate(s.sm.model, item.features, item.wr, item.we, o.nfe, o.solver, o.a_cfg, o.e_cfg, o.seed,
-                   official_grid=o.official_grid)
     frames = len(gen.motion)
     s.gen_frames, s.gen_seconds = s.gen_frames + frames, s.gen_seconds + gen.seconds
     entry = {"name": item.name, "frames": frames, "emotion": item.emotion_label,
@@ -227,7 +240,7 @@ def _sample_item(s: Session, item: Item, log) -> dict:
     record = {"motion": gen.motion, "ref_motion": torch.as_tensor(item.wr), "emotion": torch.as_tensor(item.we),
               "name": item.name, "settings": s.settings}
     if item.target is not None:
-        _errors(s, item, gen, entry, record, log)
+        _errors(item, gen, silent, entry, record, log)
     s.add_file("latents", save_latents(s.out / f"{item.name}.motion.pt", record))
     plot = _plot(s, item, gen.motion)
     entry.update({k: plot[k] for k in ("energy_component", "corr_energy", "corr_target_energy", "corr_target")
@@ -277,6 +290,10 @@ def _summary(s: Session, entries: list[dict], device: torch.device, log) -> dict
 
 def run_sample(o: SampleOptions, log: Callable[[str], None] = print) -> SampleResult:
     """Everything `floatctl sample` does; raises SampleError / InputError for bad input."""
+    if o.decoder_precision not in PRECISIONS:
+        raise SampleError(f"--decoder-precision {o.decoder_precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if o.clip_batch < 1:
+        raise SampleError("--clip-batch must be at least 1")
     try:
         state = official_state(o.checkpoint)  # an official float.pth takes its own path
         if state is not None:
@@ -306,6 +323,8 @@ def _run_sample(o: SampleOptions, log: Callable[[str], None]) -> SampleResult:
     sm = load_sampling_model(o.checkpoint, o.use_ema, device, log)
     log(f"checkpoint {sm.checkpoint}: step {sm.step}, {sm.weights.upper()} weights, model {sm.cfg.name} "
         f"(dim_w {sm.cfg.dim_w}, audio {sm.cfg.audio_input_dim}), device {device}")
+    if o.compile:
+        compile_fmt(sm.model, device, log)
     manifest, folder = load_manifest(sm, o.data_root, log)
     decoder = build_motion_autoencoder(manifest, o.float_ckpt, sm.cfg.dim_w, device)
     _announce_decoder(decoder, o.render, log)
@@ -322,10 +341,12 @@ def _run_sample(o: SampleOptions, log: Callable[[str], None]) -> SampleResult:
     out = Path(o.out) if o.out else default_output_dir(sm.checkpoint)  # a run folder: the checkpoint it named
     out.mkdir(parents=True, exist_ok=True)
     settings = {"nfe": o.nfe, "solver": o.solver, "a_cfg": o.a_cfg, "e_cfg": o.e_cfg, "seed": o.seed,
-                "weights": sm.weights, "step": sm.step, "checkpoint": str(sm.checkpoint)}
+                "weights": sm.weights, "step": sm.step, "checkpoint": str(sm.checkpoint),
+                "decoder_precision": decoder_precision(o.decoder_precision, device), "compile": o.compile}
     s = Session(o, sm, manifest, decoder, out, SampleResult(out, decoder_random=decoder.autoencoder is not None
                                                             and decoder.random), settings)
-    entries = [_sample_item(s, item, log) for item in items]
+    entries = [_sample_item(s, item, gen, silent, log)
+               for item, (gen, silent) in zip(items, generate_items(sm.model, items, o, log))]
     s.result.metrics = _summary(s, entries, device, log)
     metrics_path = out / "metrics.json"
     atomic_write_text(metrics_path, json.dumps(s.result.metrics, indent=2) + "\n")
@@ -371,6 +392,14 @@ def sample(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     render: bool = typer.Option(True, "--render/--no-render", help="Render video (needs the motion decoder)."),
     render_batch: int = typer.Option(16, help="Frames per motion-decoder pass."),
+    decoder_precision: str = typer.Option("auto", help="The motion decoder's precision: auto (bf16 autocast on CUDA, "
+                                                       "fp32 elsewhere), fp32 or bf16."),
+    clip_batch: int = typer.Option(8, help="Held-out clips generated together, in one batch through the FMT."),
+    face_checks: bool = typer.Option(True, "--face-checks/--no-face-checks", help="The lip-sync proxy and the share of "
+                                     "frames with a face (a face detector on the CPU over every video: seconds at "
+                                     "512 px)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the FMT's forward (CUDA only; the first "
+                                                          "window pays the compilation)."),
     s3fd: Optional[Path] = typer.Option(None, help="float.pth only: face_alignment's S3FD weights "
                                                    "(s3fd-619a316812.pth) to crop the portrait with the official "
                                                    "detector; without it dlib (or Haar) stands in, mapped onto S3FD's "
@@ -379,7 +408,8 @@ def sample(
     """Generate motion with a checkpoint: held-out clips by default, or --audio with --image; render and plot."""
     options = SampleOptions(checkpoint, audio, image, out, data_root, split, clips, emotion, ser, wav2vec2,
                             float_ckpt, not no_crop, a_cfg, e_cfg, nfe, solver, seed, ema, device, render,
-                            render_batch, official_grid, s3fd)
+                            render_batch, official_grid, s3fd, decoder_precision, clip_batch, compile,
+                            face_checks=face_checks)
     try:
         run_sample(options, log=lambda m: print(m, flush=True))
     except (SampleError, InputError) as e:

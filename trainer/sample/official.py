@@ -44,11 +44,11 @@ from shards.files import atomic_write_text
 from trainer.checkpoints import default_output_dir
 from trainer.errors import SampleError
 from trainer.eval.lipsync import clip_lipsync, mean_lipsync
-from trainer.sample.generate import generate, save_latents
+from trainer.sample.generate import compile_fmt, generate, save_latents
 from trainer.sample.media_input import InputError, emotion_name, emotion_vector, load_audio, parse_emotion, read_image
 from trainer.sample.options import SampleOptions, SampleResult
 from trainer.sample.plot import plot_motion
-from trainer.sample.render import encode_reference, render_motion, write_mp4
+from trainer.sample.render import decoder_precision, encode_reference, render_to_mp4
 
 OFFICIAL_SEED = 15  # the official options' --seed default
 DETECT_HEIGHT = 360  # the official crop picks its resize filter by the image height against this
@@ -182,6 +182,8 @@ def run_official_sample(o: SampleOptions, state: dict, log: Callable[[str], None
     audio_model, ser = _folders(o, official, emotion, log)
     reference = official_reference(Path(o.image), cfg.input_size, crop=o.crop, s3fd=o.s3fd, log=log)
     model, autoencoder = official.model.to(device), official.autoencoder.to(device)
+    if o.compile:
+        compile_fmt(model, device, log)
     audio_model, ser = audio_model.to(device), ser.to(device) if ser is not None else None
 
     start = time.perf_counter()
@@ -223,15 +225,18 @@ def run_official_sample(o: SampleOptions, state: dict, log: Callable[[str], None
              "solver": o.solver, "device": str(device)}
     if o.render:
         start = time.perf_counter()
-        video = render_motion(autoencoder, ref, gen.motion, o.render_batch)
-        result.files["video"] = [str(write_mp4(out / f"{name}.mp4", video, audio=waveform))]
+        video, path = render_to_mp4(autoencoder, ref, gen.motion, out / f"{name}.mp4", waveform, o.render_batch,
+                                    o.decoder_precision, o.overlap_encoding)
+        result.files["video"] = [str(path)]
         render_seconds = time.perf_counter() - start
         speed.update(render_frames_per_s=frames / max(render_seconds, 1e-9),
                      end_to_end_frames_per_s=frames / max(render_seconds + gen.seconds + encode_seconds, 1e-9))
         result.rendered = True
-        log(f"rendered {frames} frames at {cfg.input_size}px: {speed['render_frames_per_s']:.2f} frames/s, "
+        log(f"rendered {frames} frames at {cfg.input_size}px ({decoder_precision(o.decoder_precision, device)}): "
+            f"{speed['render_frames_per_s']:.2f} frames/s, "
             f"{speed['end_to_end_frames_per_s']:.2f} frames/s end to end")
-        log(clip_lipsync(entry, name, waveform, video))
+        if o.face_checks:
+            log(clip_lipsync(entry, name, waveform, video))
     result.metrics = {"items": [entry], "speed": speed, "settings": settings,
                       "decoder": {"source": str(o.checkpoint), "random": False, "available": True},
                       **mean_lipsync([entry])}

@@ -31,6 +31,11 @@ class SampleOptions:
     render_batch: int = 16
     official_grid: bool = False
     s3fd: Path | None = None  # face_alignment's S3FD weights: the official crop of the portrait (float.pth only)
+    decoder_precision: str = "auto"  # the motion decoder: auto (bf16 on CUDA, fp32 elsewhere), fp32 or bf16
+    clip_batch: int = 8  # held-out clips generated together in one batch through the FMT
+    compile: bool = False  # torch.compile the FMT's forward (CUDA only)
+    face_checks: bool = True  # the lip-sync proxy and the face rate of each rendered video (dlib on the CPU)
+    overlap_encoding: bool = True  # mp4 encoding in a writer thread during decoding (False: after it, as before)
 
 
 @dataclass

@@ -6,13 +6,19 @@ from encoding one reference image. The reference is encoded once and shared
 by a batch of frames (MotionAutoEncoder.decode broadcasts batch-1 inputs), so
 decoding costs one decoder pass per ``batch_size`` frames.
 
+The decoder runs in float32, or under bf16 autocast (``precision``: "auto" is
+bf16 on CUDA, float32 elsewhere, so CPU results stay exactly as they were).
+
 Video is written with PyAV only (no ffmpeg binary): H.264 (yuv420p) at 25 fps,
-with the 16 kHz mono waveform muxed in as AAC.
+with the 16 kHz mono waveform muxed in as AAC. ``render_to_mp4`` encodes in a
+writer thread while the next batches decode (trainer/sample/video_stream.py).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -22,8 +28,26 @@ from torch import Tensor
 from float.config import FPS, SAMPLING_RATE
 from float.motion_autoencoder import MotionAutoEncoder
 from preprocess import mp4
+from trainer.sample.video_stream import Mp4Stream
 
 AAC_BITRATE = 64_000  # plenty for 16 kHz mono speech
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def decoder_precision(precision: str, device: torch.device | str) -> str:
+    """"fp32" or "bf16" for the decoder on ``device``: "auto" is bf16 on CUDA, fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"decoder precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
+def _autocast(precision: str, device: torch.device):
+    """bf16 autocast on the decoder's device, or nothing (fp32 weights run as they are)."""
+    if decoder_precision(precision, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 @dataclass
@@ -65,8 +89,12 @@ def encode_reference(autoencoder: MotionAutoEncoder, image: np.ndarray) -> Refer
 
 @torch.no_grad()
 def render_motion(autoencoder: MotionAutoEncoder, reference: Reference, motion: Tensor,
-                  batch_size: int = 16) -> np.ndarray:
-    """Frames (T, S, S, 3) uint8 for motion latents (T, style_dim), ``batch_size`` frames per decoder pass."""
+                  batch_size: int = 16, precision: str = "fp32",
+                  sink: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+    """Frames (T, S, S, 3) uint8 for motion latents (T, style_dim), ``batch_size`` frames per decoder pass.
+
+    ``precision``: "fp32", "bf16" (autocast) or "auto" (see ``decoder_precision``). ``sink`` gets each
+    decoded batch of frames as soon as it is ready (an mp4 writer thread's ``put``)."""
     if motion.ndim != 2 or motion.shape[1] != reference.appearance.shape[1]:
         raise ValueError(f"motion must be (frames, {reference.appearance.shape[1]}), got {tuple(motion.shape)}")
     if batch_size < 1:
@@ -76,8 +104,12 @@ def render_motion(autoencoder: MotionAutoEncoder, reference: Reference, motion: 
     out = np.empty((motion.shape[0], autoencoder.size, autoencoder.size, 3), np.uint8)
     for start in range(0, motion.shape[0], batch_size):
         chunk = motion[start:start + batch_size]
-        out[start:start + len(chunk)] = tensor_to_frames(
-            autoencoder.decode(reference.appearance, chunk, reference.feats))
+        with _autocast(precision, param.device):
+            images = autoencoder.decode(reference.appearance, chunk, reference.feats)
+        frames = out[start:start + len(chunk)]
+        frames[:] = tensor_to_frames(images)
+        if sink is not None:
+            sink(frames)
     return out
 
 
@@ -123,10 +155,44 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = FPS, audio: np.nd
     if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
         raise ValueError(f"frames must be a non-empty (T, H, W, 3) uint8 array, got {frames.shape} {frames.dtype}")
     frames = _even(frames)
-    wave = None
-    if audio is not None:
-        wave = np.zeros(len(frames) * sample_rate // fps, np.float32)
-        src = np.asarray(audio, np.float32).reshape(-1)[:len(wave)]
-        wave[:len(src)] = np.clip(src, -1.0, 1.0)
-    return mp4.write_mp4(path, frames, (frames.shape[2], frames.shape[1]), fps, wave, sample_rate, crf=crf,
-                         preset="veryfast", threads=None, audio_bit_rate=AAC_BITRATE, aac_coder=None)
+    return _encode(path, frames, (frames.shape[2], frames.shape[1]), _fit_audio(audio, len(frames), fps, sample_rate),
+                   fps, sample_rate, crf)
+
+
+def _fit_audio(audio: np.ndarray | None, frames: int, fps: int, sample_rate: int) -> np.ndarray | None:
+    """The audio clipped to [-1, 1] and cut or zero-padded to ``frames`` / fps seconds."""
+    if audio is None:
+        return None
+    wave = np.zeros(frames * sample_rate // fps, np.float32)
+    src = np.asarray(audio, np.float32).reshape(-1)[:len(wave)]
+    wave[:len(src)] = np.clip(src, -1.0, 1.0)
+    return wave
+
+
+def _encode(path, frames, size: tuple[int, int], wave, fps: int = FPS, sample_rate: int = SAMPLING_RATE,
+            crf: int = 18) -> Path:
+    return mp4.write_mp4(path, frames, size, fps, wave, sample_rate, crf=crf, preset="veryfast", threads=None,
+                         audio_bit_rate=AAC_BITRATE, aac_coder=None)
+
+
+def mp4_stream(path: str | Path, frames: int, size: tuple[int, int], audio: np.ndarray | None = None) -> Mp4Stream:
+    """An mp4 of ``frames`` frames of ``size`` = (W, H) encoded in a writer thread as they are ``put``; the
+    same file ``write_mp4`` writes (same settings, the audio fitted to ``frames`` frames). Even sizes only."""
+    if size[0] % 2 or size[1] % 2:
+        raise ValueError(f"mp4_stream: frame size {size} is odd (yuv420p needs even sizes)")
+    wave = _fit_audio(audio, frames, FPS, SAMPLING_RATE)
+    return Mp4Stream(path, lambda target, stream: _encode(target, stream, size, wave))
+
+
+def render_to_mp4(autoencoder: MotionAutoEncoder, reference: Reference, motion: Tensor, path: str | Path,
+                  audio: np.ndarray | None = None, batch_size: int = 16, precision: str = "fp32",
+                  overlap: bool = True) -> tuple[np.ndarray, Path]:
+    """``render_motion`` with each batch encoded to ``path`` while the next one decodes: (frames, mp4 path).
+    An encoder failure is one SampleError naming the file (never a hang). ``overlap=False`` decodes
+    everything first, then encodes (the former way, kept for benchmarks/gpu.py's comparison)."""
+    if not overlap:
+        frames = render_motion(autoencoder, reference, motion, batch_size, precision)
+        return frames, write_mp4(path, frames, audio=audio)
+    with mp4_stream(path, len(motion), (autoencoder.size, autoencoder.size), audio) as stream:
+        frames = render_motion(autoencoder, reference, motion, batch_size, precision, sink=stream.put)
+    return frames, stream.close()
