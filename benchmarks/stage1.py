@@ -38,8 +38,7 @@ from preprocess.synthetic import make_synthetic_ravdess  # noqa: E402
 from shards.crops import crop_shard_urls, read_crop_manifest  # noqa: E402
 from shards.pairs import make_pair_loader  # noqa: E402
 from trainer.distributed import init_distributed  # noqa: E402
-from trainer.loop import compute_gradients, save, set_lr  # noqa: E402
-from trainer.schedule import ema_decay_at  # noqa: E402
+from trainer.loop import apply_update, compute_gradients, save, set_lr  # noqa: E402
 from trainer.settings import MotionSettings  # noqa: E402
 from trainer.train_motion import prepare  # noqa: E402
 
@@ -69,12 +68,9 @@ def loader_rate(loader, batches: int, warmup: int = 2) -> float:
 def train_step(run, stage, step: int, batches) -> None:
     """One optimizer step as ``trainer.loop.run_loop`` takes it, without its logging and checkpointing."""
     set_lr(run, step)
-    losses, _ = compute_gradients(run, stage, step, batches, {"wait": 0.0})
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    run.ema.update(run.model, ema_decay_at(step, run.s.ema_decay))
-    stage.after_step(step)  # the discriminator's step when the adversarial term is on
-    float(losses[0])  # the loop's one host sync per step (also waits for CUDA)
+    losses, grad_norm = compute_gradients(run, stage, step, batches, {"wait": 0.0})
+    apply_update(run, stage, step, losses, grad_norm)  # optimizer, EMA, the discriminator's step when on
+    float(losses[0])  # waits for CUDA, so the timing is the device's (the loop itself reads at log steps)
 
 
 def train_rate(run, stage, batches, steps: int) -> float:

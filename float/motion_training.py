@@ -14,6 +14,7 @@ backpropagates through the discriminator too; LIA switches the discriminator's
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -165,3 +166,22 @@ def prepare_for_training(model: MotionAutoEncoder, mask_logit: float = 4.0) -> M
                 conv.weight[channel, channel, 0, 0] = 0.5 / conv.scale  # sqrt2 * lrelu(0.5 * sqrt2 * (x+1)) = x + 1
             to_rgb.bias.fill_(-1.0)
     return model
+
+
+def to_channels_last(*items):
+    """Modules and 4-D image tensors in channels-last (NHWC) memory format, the layout cuDNN's tensor-core
+    convolutions run on without transposing; values and shapes are unchanged. A module's 4-D parameters and
+    buffers are converted in place (``Module.to(memory_format=...)`` refuses the 5-D modulated-conv weights
+    these modules hold). Returns the items (one item: itself), so ``x = to_channels_last(x)`` reads as a
+    conversion."""
+    out = []
+    for item in items:
+        if isinstance(item, nn.Module):
+            with torch.no_grad():
+                for tensor in itertools.chain(item.parameters(), item.buffers()):
+                    if tensor.dim() == 4:
+                        tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+            out.append(item)
+        else:
+            out.append(item.contiguous(memory_format=torch.channels_last))
+    return out[0] if len(out) == 1 else tuple(out)

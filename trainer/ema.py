@@ -21,8 +21,11 @@ class EMA:
         self.shadow.requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module, decay: float | None = None) -> None:
-        """One EMA step towards ``model``'s weights (``decay`` overrides the default, e.g. during warmup)."""
+    def update(self, model: nn.Module, decay: float | None = None, skip: torch.Tensor | None = None) -> None:
+        """One EMA step towards ``model``'s weights (``decay`` overrides the default, e.g. during warmup).
+
+        ``skip``: a 0-dim device tensor, 1.0 for a step that changed nothing (non-finite): the shadow then
+        stays as it is, decided on the device without a host read (trainer/device_step.py)."""
         decay = self.decay if decay is None else decay
         ema_params = dict(self.shadow.named_parameters())
         shadow, current = [], []
@@ -33,9 +36,14 @@ class EMA:
                 current.append(p.detach())
             else:  # frozen tables follow the model exactly
                 target.copy_(p)
-        if shadow:
+        if shadow and skip is None:
             # shadow += (1 - decay) * (current - shadow), one fused op over all tensors
             torch._foreach_lerp_(shadow, current, 1.0 - decay)
+        elif shadow:
+            # foreach lerp takes no tensor weight: the same update as sub, mul by a device scalar, add
+            step = torch._foreach_sub(current, shadow)
+            torch._foreach_mul_(step, (1.0 - skip.float()) * (1.0 - decay))
+            torch._foreach_add_(shadow, step)
         for (_, b_ema), (_, b) in zip(self.shadow.named_buffers(), model.named_buffers()):
             b_ema.copy_(b)
 

@@ -7,8 +7,9 @@ the stages lives in the ``stage`` object (``trainer/train_fmt.py``,
 
 - ``loss_keys``: names of the loss terms, ``"total"`` first;
 - ``loss(train_model, batch, generator, step) -> {key: tensor}``;
-- ``after_step(step) -> {name: float}``: work after the model's optimizer step
-  (the stage-1 discriminator's update), empty for the FMT;
+- ``after_step(step, skip) -> {name: tensor}``: work after the model's optimizer step
+  (the stage-1 discriminator's update), empty for the FMT; ``skip`` is the step's device-side
+  non-finite flag (1.0: the model's update was skipped), to be honoured without a host read;
 - ``evaluate(step) -> metrics``, ``save_samples(step)``, ``has_val``;
 - ``checkpoint_extra() -> dict`` and the ``"kind"`` recorded in checkpoints;
 - ``score_key``, ``score_sign``: the validation metric early stopping watches (sign +1: lower is better).
@@ -37,8 +38,9 @@ from torch import Tensor, nn
 
 from shards.errors import StorageError
 from trainer import checkpoints as ckpt
+from trainer.device_feed import DeviceFeed
+from trainer.device_step import StepTally, check_nonfinite, optimizer_step
 from trainer.distributed import all_reduce_max, all_reduce_mean, barrier
-from trainer.errors import TrainingError
 from trainer.run import Run, StopFlag, gather_stream_states, step_seed, to_device
 from trainer.schedule import ema_decay_at, lr_at
 
@@ -111,36 +113,54 @@ def compute_gradients(run: Run, stage, step: int, batches, timing: dict) -> tupl
     return losses, grad_norm
 
 
-def _new_window(run: Run, stage) -> dict:
-    return {"losses": torch.zeros(len(stage.loss_keys), device=run.device), "extra": {}, "good": 0, "steps": 0,
-            "grad": 0.0, "wait": 0.0, "t0": time.perf_counter()}
+def apply_update(run: Run, stage, step: int, losses: Tensor, grad_norm: Tensor) -> tuple[Tensor, dict]:
+    """The optimizer, EMA and stage updates of one step, all skipped on the device when the loss or the
+    gradient is non-finite (trainer/device_step.py): no host read. Returns (counted non-finite: a 0-dim
+    float tensor, the stage's extra log values as tensors).
+
+    With a GradScaler (fp16) an overflowing gradient is its business: the update is skipped and the scale
+    shrinks, but the step is not counted as non-finite (only a non-finite loss is)."""
+    loss_bad = ~torch.isfinite(losses[0])
+    grad_bad = ~torch.isfinite(grad_norm)
+    counted = loss_bad if run.scaler.is_enabled() else loss_bad | grad_bad
+    # Max-reduced on the device so every rank skips alike (DDP's gradients agree already; the losses not).
+    counted, skip = all_reduce_max(torch.stack([counted, loss_bad | grad_bad]).float(), run.info).unbind()
+    optimizer_step(run.optimizer, skip)
+    if run.scaler.is_enabled():
+        run.scaler.update()  # from the inf checks unscale_ recorded: an fp16 overflow shrinks the scale
+    run.ema.update(run.model, ema_decay_at(step, run.s.ema_decay), skip=skip)
+    return counted, stage.after_step(step, skip)
 
 
-def _log_window(run: Run, stage, step: int, window: dict, samples_per_step: int) -> None:
+def _new_window() -> dict:
+    return {"steps": 0, "wait": 0.0, "t0": time.perf_counter()}
+
+
+def _log_window(run: Run, stage, step: int, window: dict, tally: StepTally, samples_per_step: int) -> float:
+    """Log the means since the last log (one host read); returns the mean total loss."""
     elapsed = max(time.perf_counter() - window["t0"], 1e-9)
-    good = max(1, window["good"])
-    mean = all_reduce_mean(window["losses"] / good, run.info).tolist()
-    extra = {k: v / good for k, v in window["extra"].items()}
+    names = list(tally.extra)
+    values = torch.cat([tally.losses, torch.stack([tally.good, tally.grad, *tally.extra.values()])]).tolist()
+    count = len(stage.loss_keys)
+    good = max(1.0, values[count])
+    mean = all_reduce_mean(tally.losses / good, run.info).tolist()
+    extra = {name: value / good for name, value in zip(names, values[count + 2:])}
     run.log.log(step, {**dict(zip(stage.loss_keys, mean)), **extra,
                        "lr": lr_at(step, run.schedule["lr"], run.schedule["warmup"], run.s.steps, run.s.schedule),
-                       "grad_norm": window["grad"] / good,
+                       "grad_norm": values[count + 1] / good,
                        "samples_per_s": window["steps"] * samples_per_step / elapsed,
                        "data_wait_fraction": window["wait"] / elapsed,
                        "nonfinite_steps": run.counters["nonfinite"], "skipped_clips": run.loader.skipped})
+    return mean[0]
 
 
-def _skip_bad_step(run: Run, step: int, consecutive_bad: int) -> None:
-    """A non-finite loss or gradient: the weights, optimizer moments and EMA stay as they were."""
-    run.optimizer.zero_grad(set_to_none=True)
-    if run.scaler.is_enabled():
-        run.scaler.update()  # an fp16 overflow shrinks the loss scale
-    run.counters["nonfinite"] += 1
-    if consecutive_bad >= run.s.max_nonfinite:
-        good = ckpt.resume_candidates(run.run_dir / "checkpoints")
-        raise TrainingError(
-            f"{consecutive_bad} non-finite losses in a row (up to step {step + 1}): the run stopped "
-            f"without saving; the last good checkpoint is {good[0] if good else 'none (none saved yet)'}. "
-            f"Try a lower --lr, --precision fp32, or check the shards for bad values.")
+def _stop_asked(run: Run, stop: StopFlag) -> bool:
+    """Whether to stop after this step: the signal flag of this process; under DDP every rank must agree,
+    which costs one small all-reduce and host read a step (a single process reads no device value)."""
+    if not run.info.is_distributed:
+        return stop.signum is not None
+    flag = torch.tensor([float(stop.signum is not None)], device=run.device)
+    return bool(all_reduce_max(flag, run.info).item())
 
 
 class EarlyStop:
@@ -184,39 +204,48 @@ def storage_stop_message(run: Run, step: int, error: StorageError) -> str:
             f"same command with --resume auto")
 
 
-def save_best(run: Run, stage, step: int) -> Path | None:
-    state = checkpoint_state(run, stage, step)
+def save_best(run: Run, stage, step: int, stream: dict | None = None) -> Path | None:
+    state = checkpoint_state(run, stage, step, stream)
     path = ckpt.save_best(run.run_dir / "checkpoints", state) if run.info.is_main else None
     barrier(run.info)
     return path
 
 
 def run_loop(run: Run, stage) -> TrainResult:
-    """Train to ``settings.steps`` optimizer steps (or until SIGTERM/SIGINT) and return where it ended."""
+    """Train to ``settings.steps`` optimizer steps (or until SIGTERM/SIGINT) and return where it ended.
+
+    No host read inside a step (trainer/device_step.py): losses, gradient norms and non-finite steps are
+    summed on the device and read at log steps, before every checkpoint and at the end."""
     s, info, log = run.s, run.info, run.log
     samples_per_step = s.batch_size * s.grad_accum * info.world_size
-    step, last_val, consecutive_bad = run.start_step, {}, 0
+    step, last_val = run.start_step, {}
     final_path, stopped_by = None, None
-    window = _new_window(run, stage)
+    feed = DeviceFeed(run.loader, run.device)  # batches copied onto the device one step ahead on CUDA
+    tally, window = StepTally(len(stage.loss_keys), run.device), _new_window()
     validating = info.is_main and stage.has_val and s.val_step > 0
     sampling = info.is_main and stage.has_val and s.sample_step > 0
     early = EarlyStop(run, stage) if s.early_stop > 0 and s.val_step > 0 else None
     best_checkpoint = ckpt.best_checkpoint(run.run_dir / "checkpoints") if early else None
     if early is not None and not stage.has_val and info.is_main:
         log.info("warning: --early-stop needs validation data; no val split, so the run goes to --steps")
+
+    def checkpoint(at: int, final: bool = False, stream: dict | None = None) -> Path | None:
+        check_nonfinite(run, tally, at)  # never a checkpoint past --max-nonfinite bad steps in a row
+        return save(run, stage, at, final=final, stream=stream or feed.state_dict())
+
     stop = StopFlag()
     stop.install()
     try:
-        batches = iter(run.loader)
+        batches = iter(feed)
         if step == 0 and validating:
             last_val = stage.evaluate(0)  # the baseline the curve falls from
         if step == 0 and early is not None:
             improved, _ = early.agree(*(early.update(0, last_val) if validating else (False, False)))
             if improved:
-                best_checkpoint = save_best(run, stage, 0)
+                best_checkpoint = save_best(run, stage, 0, feed.state_dict())
         run.train_model.train()
         while step < s.steps:
-            stream_before = run.loader.state_dict()
+            stream_before = feed.state_dict()
             set_lr(run, step)
             try:
                 losses, grad_norm = compute_gradients(run, stage, step, batches, window)
@@ -226,34 +255,23 @@ def run_loop(run: Run, stage) -> TrainResult:
                 # Ctrl-C reaches the DataLoader workers too, and they exit on it: the step cannot finish,
                 # so save the last whole one (weights untouched, stream position from before this step).
                 stopped_by = signal.Signals(stop.signum).name
-                save(run, stage, step, stream=stream_before)
+                checkpoint(step, stream=stream_before)
                 log.info(f"stopped by {stopped_by} at step {step}; continue with --resume auto")
                 break
-            # One host sync per step; the flags are max-reduced so every rank takes the same branch.
-            flags = torch.stack([(~torch.isfinite(losses[0])).float(),
-                                 (~torch.isfinite(grad_norm)).float() * (0.0 if run.scaler.is_enabled() else 1.0),
-                                 torch.tensor(float(stop.signum is not None), device=run.device)])
-            loss_bad, grad_bad, stop_now = (bool(v) for v in all_reduce_max(flags, info).tolist())
-            if loss_bad or grad_bad:
-                consecutive_bad += 1
-                _skip_bad_step(run, step, consecutive_bad)
-            else:
-                consecutive_bad = 0
-                run.scaler.step(run.optimizer)
-                run.scaler.update()
-                run.ema.update(run.model, ema_decay_at(step, s.ema_decay))
-                for name, value in stage.after_step(step).items():
-                    window["extra"][name] = window["extra"].get(name, 0.0) + value
-                window["losses"] += losses
-                window["good"] += 1
-                window["grad"] += float(grad_norm)
+            counted_bad, extra = apply_update(run, stage, step, losses, grad_norm)
+            tally.add(losses, grad_norm, counted_bad, extra)
             step += 1
             window["steps"] += 1
-            log.advance(step, None if loss_bad else {"loss": float(losses[0])})
+            stop_now = _stop_asked(run, stop)
 
             if s.log_step > 0 and (step % s.log_step == 0 or step == s.steps):
-                _log_window(run, stage, step, window, samples_per_step)
-                window = _new_window(run, stage)
+                check_nonfinite(run, tally, step)
+                loss = _log_window(run, stage, step, window, tally, samples_per_step)
+                log.advance(step, {"loss": loss})
+                tally.new_window()
+                window = _new_window()
+            else:
+                log.advance(step)
             paused = time.perf_counter()  # validation, samples and saving are not training time
             exhausted = False
             if validating and step % s.val_step == 0:
@@ -261,12 +279,13 @@ def run_loop(run: Run, stage) -> TrainResult:
             if early is not None and step % s.val_step == 0:
                 improved, exhausted = early.agree(*(early.update(step, last_val) if validating else (False, False)))
                 if improved:
-                    best_checkpoint = save_best(run, stage, step)
+                    check_nonfinite(run, tally, step)
+                    best_checkpoint = save_best(run, stage, step, feed.state_dict())
             if sampling and step % s.sample_step == 0:
                 stage.save_samples(step)
             if stop_now:
                 stopped_by = signal.Signals(stop.signum).name if stop.signum else "a signal on another rank"
-                save(run, stage, step)
+                checkpoint(step)
                 log.info(f"stopped by {stopped_by} at step {step}; continue with --resume auto")
                 break
             if exhausted:
@@ -274,10 +293,10 @@ def run_loop(run: Run, stage) -> TrainResult:
                          f"{early.key}; {early.describe(best_checkpoint)}")
                 break
             if s.save_step > 0 and step % s.save_step == 0 and step < s.steps:
-                save(run, stage, step)
+                checkpoint(step)
             window["t0"] += time.perf_counter() - paused
         if stopped_by is None:
-            final_path = save(run, stage, step, final=True)
+            final_path = checkpoint(step, final=True)
             if validating and step % s.val_step != 0:
                 last_val = stage.evaluate(step)
             if early is not None and early.state["best"] is not None:

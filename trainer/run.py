@@ -29,11 +29,12 @@ from shards.integrity import check_shard_folder
 from shards.mix import ShardSets, open_shard_sets, parse_data_root
 from shards.remote import is_url
 from trainer import checkpoints as ckpt
+from trainer.device_step import fused_supported, keep_fused
 from trainer.distributed import DistInfo
 from trainer.ema import EMA
 from trainer.errors import TrainingError
 from trainer.logging import RunLogger
-from trainer.schedule import SCHEDULES
+from trainer.schedule import LR_SCALINGS, PAPER_BATCH, SCHEDULES, lr_batch_factor
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # What a checkpoint holds: an FMT run (older checkpoints have no kind) or a stage-1 auto-encoder run.
@@ -102,6 +103,26 @@ def check_loop_options(s) -> None:
         raise TrainingError(f"--schedule {s.schedule!r}: choose one of {SCHEDULES}")
     if s.steps < 1 or s.batch_size < 1 or s.grad_accum < 1:
         raise TrainingError("--steps, --batch-size and --grad-accum must be at least 1")
+    if s.lr_scaling not in LR_SCALINGS:
+        raise TrainingError(f"--lr-scaling {s.lr_scaling!r}: choose one of {', '.join(LR_SCALINGS)}")
+
+
+def resolve_channels_last(choice: bool | None, device: torch.device) -> bool:
+    """--channels-last / --no-channels-last, or by default: on CUDA only (where NHWC convolutions pay)."""
+    return device.type == "cuda" if choice is None else bool(choice)
+
+
+def lr_factor(s, info: DistInfo) -> float:
+    """--lr-scaling's factor at this run's global batch (batch x grad-accum x processes)."""
+    return lr_batch_factor(s.lr_scaling, s.batch_size * s.grad_accum * info.world_size)
+
+
+def describe_lr_scaling(s, info: DistInfo, resumed) -> str:
+    """How the start line explains the rate: the rule, the global batch against the paper's, the factor."""
+    if resumed is not None and s.lr is None:
+        return "kept from the checkpoint"
+    global_batch = s.batch_size * s.grad_accum * info.world_size
+    return f"{s.lr_scaling} (global batch {global_batch} vs the paper's {PAPER_BATCH}: x{lr_factor(s, info):.4g})"
 
 
 def check_out_writable(run_dir: Path, info: DistInfo) -> None:
@@ -164,7 +185,11 @@ def saved_counters(resumed: tuple[Path, dict] | None) -> dict:
 
 
 def make_optimizer(params, lr: float, weight_decay: float, betas=(0.9, 0.999)) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    """AdamW, fused where torch has the kernel (CUDA, CPU): one kernel over all parameters, and it skips a
+    non-finite step on the device (trainer/device_step.py); elsewhere torch's default implementation."""
+    params = [p for p in params]
+    fused = bool(params) and all(fused_supported(p.device) and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
 
 
 def worker_count(s, device: torch.device) -> int:
@@ -222,6 +247,7 @@ def restore_training_state(path: Path, state: dict, model: nn.Module, ema: EMA,
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
+        keep_fused(optimizer)
         scaler.load_state_dict(state["scaler"])
         ckpt.restore_rng_state(state["rng"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:

@@ -30,11 +30,26 @@ def default_warmup(steps: int) -> int:
     return min(1000, steps // 20)
 
 
+LR_SCALINGS = ("none", "sqrt", "linear")
+PAPER_BATCH = 8  # the paper's batch (one A100): the batch every default rate is meant for
+
+
+def lr_batch_factor(rule: str, global_batch: int, reference: int = PAPER_BATCH) -> float:
+    """How much a rate meant for ``reference`` samples a step grows at ``global_batch``: 1 (none), the
+    square root of the ratio (sqrt: the rule for Adam, Malladi et al. 2022) or the ratio (linear: Goyal et
+    al. 2017, for SGD)."""
+    if rule not in LR_SCALINGS:
+        raise ValueError(f"--lr-scaling {rule!r}: choose one of {LR_SCALINGS}")
+    ratio = global_batch / reference
+    return {"none": 1.0, "sqrt": math.sqrt(ratio), "linear": ratio}[rule]
+
+
 def resolve_schedule(lr: float | None, warmup: int, saved: dict, preset: str, steps: int,
-                     fine_tune: bool = False, table: dict[str, float] = SCRATCH_LR) -> dict:
-    """{"lr", "warmup"} of a run: given values win; a resumed run keeps its saved ones; else the defaults."""
+                     fine_tune: bool = False, table: dict[str, float] = SCRATCH_LR, lr_factor: float = 1.0) -> dict:
+    """{"lr", "warmup"} of a run: given values win; a resumed run keeps its saved ones; else the defaults.
+    ``lr_factor`` (lr_batch_factor) scales a given or default rate, never a saved one (already scaled)."""
     return {
-        "lr": lr if lr is not None else saved.get("lr", default_lr(preset, fine_tune, table)),
+        "lr": lr * lr_factor if lr is not None else saved.get("lr", default_lr(preset, fine_tune, table) * lr_factor),
         "warmup": warmup if warmup >= 0 else saved.get("warmup", default_warmup(steps)),
     }
 

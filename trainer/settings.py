@@ -47,6 +47,10 @@ class CommonSettings:
     grad_accum: int = opt(1, "Micro-batches per optimizer step.")
     lr: Optional[float] = opt(None, "Peak learning rate (default: the stage's per-preset rate, printed).")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
+    lr_scaling: str = opt("none", "Scale the peak rate (--lr or the default) with the global batch (batch-size x "
+                                  "grad-accum x processes) against the paper's batch 8: none, sqrt (x sqrt(global/8)"
+                                  ", for Adam) or linear (x global/8); the rate used is printed at the start. A "
+                                  "resumed run keeps its rate.")
     warmup: int = opt(-1, "Linear warmup steps (-1: 5% of --steps, at most 1000).")
     schedule: str = opt("constant", "After warmup: constant or cosine (to 10% of --lr).")
     grad_clip: float = opt(1.0, "Clip the gradient norm to this.")
@@ -65,7 +69,9 @@ class CommonSettings:
     keep: int = opt(3, "Periodic checkpoints to keep (0: all).")
     resume: Optional[str] = opt(None, "'auto': newest good checkpoint of --out (fresh if none); or a checkpoint "
                                       "file or run folder (its final checkpoint, else its newest).")
-    max_nonfinite: int = opt(20, "Stop after this many non-finite losses in a row.")
+    max_nonfinite: int = opt(20, "Stop after this many non-finite losses in a row (such steps change no weight; "
+                                 "the count is read at log steps and before checkpoints, so the run stops at the "
+                                 "next of those, never saving past the limit).")
     progress: Optional[bool] = opt(None, "tqdm bar (default: on a terminal).", "--progress/--no-progress")
     tensorboard: bool = opt(True, "Write TensorBoard curves.", cli=False)
     early_stop: int = opt(0, "Stop when the validation score has not improved for this many validations in a "
@@ -257,6 +263,12 @@ class MotionSettings(CommonSettings):
     d_lr: Optional[float] = opt(None, "Discriminator learning rate (default: the auto-encoder's).")
     r1_gamma: float = opt(10.0, "R1 penalty weight gamma of the discriminator (0: off).")
     r1_every: int = opt(16, "Apply R1 every N discriminator steps (StyleGAN2's lazy regularisation).")
+    d_every: int = opt(1, "A discriminator step every N auto-encoder steps (1: every step); its schedule is a "
+                          "function of the step, so a resumed run keeps it.")
+    channels_last: Optional[bool] = opt(None, "Channels-last (NHWC) memory format for the auto-encoder, the "
+                                              "discriminator and their images (default: on CUDA, where "
+                                              "cuDNN's tensor-core convolutions want it; off elsewhere).",
+                                        "--channels-last/--no-channels-last")
     adversarial_start: int = opt(0, "Steps before the adversarial term and the discriminator start.")
     pairs_per_clip: int = opt(8, "(source, driving) pairs drawn from each decoded clip.")
     hard_pairs: float = opt(0.5, "Share of pairs whose driving frame is the one of 8 candidates farthest from the "

@@ -77,7 +77,7 @@ class FMTStage:
     def loss(self, train_model, batch: dict, generator: torch.Generator, step: int) -> dict:
         return self.loss_fn(train_model, batch, self.weights, generator=generator)
 
-    def after_step(self, step: int) -> dict:
+    def after_step(self, step: int, skip: Tensor | None = None) -> dict:
         return {}
 
     def evaluate(self, step: int) -> dict:
@@ -201,7 +201,7 @@ def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rec
             log.info(f"motion latents standardised with statistics of {frames} train frames "
                      f"(mean |mean| {abs(mean).mean():.3g}, mean std {std.mean():.3g}); --normalize-motion off to keep raw")
         schedule = resolve_schedule(s.lr, s.warmup, resumed[1].get("schedule", {}) if resumed else {}, cfg.name,
-                                    s.steps, fine_tune=bool(s.init))
+                                    s.steps, fine_tune=bool(s.init), lr_factor=setup.lr_factor(s, info))
         ema = EMA(model, s.ema_decay)
         optimizer = setup.make_optimizer(model.parameters(), schedule["lr"], s.weight_decay)
         scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
@@ -226,7 +226,7 @@ def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rec
         val_batches = _val_batches(s, sets, spec, cfg, info, log)
 
         resolved = {"preset": preset, "device": str(device), "world_size": info.world_size, "lr": schedule["lr"],
-                    "warmup": schedule["warmup"],
+                    "lr_scaling": setup.describe_lr_scaling(s, info, resumed), "warmup": schedule["warmup"],
                     "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
                     "grad_scaler": use_scaler, "num_workers": num_workers,
                     "global_batch": s.batch_size * s.grad_accum * info.world_size,

@@ -26,7 +26,8 @@ from float.config import FloatConfig, get_preset
 from float.discriminator import Discriminator, lazy_r1_weight
 from float.model import count_parameters
 from float.motion_autoencoder import MotionAutoEncoder
-from float.motion_training import MotionLossWeights, discriminator_losses, generator_losses, prepare_for_training
+from float.motion_training import (MotionLossWeights, discriminator_losses, generator_losses, prepare_for_training,
+                                   to_channels_last)
 from float.perceptual import PerceptualWeightsError, build_perceptual
 from shards.crops import CROP_MEMBERS, CROP_ONLY_MEMBERS, check_crop_manifest
 from shards.errors import ManifestError
@@ -36,6 +37,7 @@ from shards.pairs import ValPairs, actor_weights, make_pair_loader
 from shards.sources import manifest_location, shard_urls
 from shards.tar import ShardError, check_local_shards
 from trainer import run as setup
+from trainer.device_step import keep_fused, optimizer_step
 from trainer.distributed import DistInfo, init_distributed, wrap_ddp
 from trainer.ema import EMA
 from trainer.loop import TrainResult, run_loop
@@ -105,6 +107,7 @@ class MotionStage:
         self.before_adversarial = dataclasses.replace(self.weights, adversarial=0.0) \
             if (s.l1_weight or s.perceptual_weight or s.mouth_weight) else self.weights
         self._last: tuple[Tensor, Tensor] | None = None
+        self.channels_last = setup.resolve_channels_last(s.channels_last, run.device)
         self.media = MediaLog.of(run.log)  # the grid in TensorBoard / wandb too
 
     def _adversarial_on(self, step: int) -> bool:
@@ -112,6 +115,8 @@ class MotionStage:
 
     def loss(self, train_model, batch: dict, generator: torch.Generator, step: int) -> dict:
         source, driving = to_unit_range(batch["source"]), to_unit_range(batch["driving"])
+        if self.channels_last:
+            source, driving = to_channels_last(source, driving)
         adversarial = self._adversarial_on(step)
         if self.discriminator is not None:
             self.discriminator.requires_grad_(False)  # the generator step trains the auto-encoder only
@@ -121,23 +126,25 @@ class MotionStage:
         self._last = (driving, recon.detach())
         return losses
 
-    def after_step(self, step: int) -> dict:
-        """The discriminator's step on the last micro-batch (real driving frames vs reconstructions)."""
-        if not self._adversarial_on(step) or self._last is None:
-            return {}
+    def after_step(self, step: int, skip: Tensor | None = None) -> dict:
+        """The discriminator's step on the last micro-batch (real driving frames vs reconstructions), every
+        --d-every steps; skipped on the device (no host read) when this step or its own loss is non-finite."""
         s = self.run.s
-        self.discriminator.requires_grad_(True)
-        real, fake = self._last
+        real_fake, self._last = self._last, None
         d_step = step - s.adversarial_start
-        r1_weight = lazy_r1_weight(s.r1_gamma, s.r1_every) if s.r1_gamma > 0 and d_step % s.r1_every == 0 else 0.0
+        if not self._adversarial_on(step) or real_fake is None or d_step % s.d_every:
+            return {}
+        self.discriminator.requires_grad_(True)
+        r1_weight = lazy_r1_weight(s.r1_gamma, s.r1_every) \
+            if s.r1_gamma > 0 and (d_step // s.d_every) % s.r1_every == 0 else 0.0
         self.d_optimizer.zero_grad(set_to_none=True)
         with self.run.autocast():
-            out = discriminator_losses(self.d_train, real, fake, r1_weight)
+            out = discriminator_losses(self.d_train, *real_fake, r1_weight)
         out["total"].backward()
-        if torch.isfinite(out["total"]):
-            self.d_optimizer.step()
-        self._last = None
-        return {"d_logistic": float(out["logistic"]), "r1": float(out["r1"])}
+        bad = ~torch.isfinite(out["total"])
+        optimizer_step(self.d_optimizer, (bad | (skip > 0) if skip is not None else bad).float())
+        # x d_every: the loop averages over every step, the discriminator ran on one in d_every
+        return {"d_logistic": out["logistic"].float() * s.d_every, "r1": out["r1"].float() * s.d_every}
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict:
@@ -184,6 +191,7 @@ class MotionStage:
         try:
             self.discriminator.load_state_dict(state["discriminator"])
             self.d_optimizer.load_state_dict(state["d_optimizer"])
+            keep_fused(self.d_optimizer)
         except (KeyError, RuntimeError, ValueError) as e:
             raise TrainingError(f"checkpoint {path}: cannot restore the discriminator ({e})") from None
 
@@ -269,8 +277,8 @@ def _val_batches(s: MotionSettings, sets: ShardSets, info: DistInfo, log) -> lis
 def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
     setup.check_loop_options(s)
     augment_spec(s)  # a bad --augment is refused before any work
-    if s.r1_every < 1:
-        raise TrainingError("--r1-every must be at least 1")
+    if s.r1_every < 1 or s.d_every < 1:
+        raise TrainingError("--r1-every and --d-every must be at least 1")
     device = info.device
     preset = s.preset or setup.default_preset(device)
     run_dir = Path(s.out or f"runs/motion-{preset}")
@@ -296,6 +304,8 @@ def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
     prepare_for_training(model)
     discriminator = Discriminator(cfg.input_size, width=cfg.ae_width) if weights.adversarial else None
     model.to(device)
+    if setup.resolve_channels_last(s.channels_last, device):
+        to_channels_last(model, *([discriminator] if discriminator is not None else []))
     start_step = int(resumed[1]["step"]) if resumed else 0
     log = setup.open_logger(s, run_dir, info, start_step)
     try:
@@ -304,7 +314,7 @@ def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
         else:
             init_note = load_init_weights(s.init, model, log.info) if s.init else "from scratch (copy-the-source start)"
         schedule = resolve_schedule(s.lr, s.warmup, resumed[1].get("schedule", {}) if resumed else {}, cfg.name,
-                                    s.steps, table=MOTION_LR)
+                                    s.steps, table=MOTION_LR, lr_factor=setup.lr_factor(s, info))
         ema = EMA(model, s.ema_decay)
         optimizer = setup.make_optimizer(model.parameters(), schedule["lr"], s.weight_decay, BETAS)
         scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
@@ -332,6 +342,8 @@ def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
         val_batches = _val_batches(s, sets, info, log)
         resolved = {"preset": preset, "device": str(device), "world_size": info.world_size,
                     "input_size": cfg.input_size, "ae_width": cfg.ae_width, "lr": schedule["lr"],
+                    "lr_scaling": setup.describe_lr_scaling(s, info, resumed),
+                    "channels_last": setup.resolve_channels_last(s.channels_last, device),
                     "warmup": schedule["warmup"], "init": init_note,
                     "augment": ",".join(augment_spec(s).names()) or "none",
                     "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
@@ -345,7 +357,8 @@ def prepare(s: MotionSettings, info: DistInfo) -> tuple[Run, MotionStage]:
         log.info(f"losses: L1 x{s.l1_weight}, mouth-region L1 x{s.mouth_weight}, {perceptual_note} "
                  f"x{s.perceptual_weight}, adversarial "
                  f"x{s.adversarial_weight}" + (f" from step {s.adversarial_start} (R1 gamma {s.r1_gamma} every "
-                                               f"{s.r1_every})" if discriminator else " (no discriminator)"))
+                                               f"{s.r1_every} discriminator steps, a discriminator step every "
+                                               f"{s.d_every})" if discriminator else " (no discriminator)"))
         if info.is_main:
             setup.write_run_config(run_dir, {"settings": dataclasses.asdict(s), "resolved": resolved,
                                              "config": cfg.to_dict(), "perceptual": perceptual_note,
