@@ -228,3 +228,28 @@ def test_mouth_weight_adds_an_l1_on_the_mouth_region_only():
     assert a["total"] > b["total"] and torch.isclose(a["total"], a["l1"] + 4.0 * a["mouth"])
     with pytest.raises(ValueError, match="mouth"):
         MotionLossWeights(mouth=-1.0)
+
+
+def test_stage1_heldout_scores_a_split_against_copying_the_source(crop_dir):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "stage1_heldout.py"
+    spec = importlib.util.spec_from_file_location("stage1_heldout", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    class Copy(torch.nn.Module):  # rebuilds the driving frame as the source frame: no gain by definition
+        size = SIZE
+
+        def forward(self, source, driving):
+            return source
+
+    class Perfect(Copy):  # rebuilds it exactly
+        def forward(self, source, driving):
+            return driving
+
+    copy, perfect = bench.score(Copy(), crop_dir, "val", pairs=3), bench.score(Perfect(), crop_dir, "val", pairs=3)
+    assert copy["pairs"] == perfect["pairs"] == 2 * 3
+    assert copy["gain"] == 0 and copy["mouth_gain"] == 0 and copy["psnr"] == copy["copy"] < 60
+    assert perfect["gain"] > 30 and perfect["mouth_gain"] > 30
