@@ -100,3 +100,32 @@ def test_the_paper_paths_face_detection_needs_no_haar_cascades(monkeypatch):
     image = cv2.cvtColor(cv2.imread(str(PORTRAIT)), cv2.COLOR_BGR2RGB)
     assert image_crop_box(image, default_detector()) is not None
     assert face_rate(np.stack([image, np.zeros_like(image)]), every=1) == 0.5
+
+
+def test_make_real_runs_both_stages_on_the_recipe_and_refuses_without_data(tmp_path):
+    """`make real` (the real-data recipe): the recipe's configs, the speakers held out, both stages, eval."""
+    done = subprocess.run(["make", "-n", "--no-print-directory", "real", "DATA=clips", "VAL_IDS=a,b", "TEST_IDS=c"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    commands = done.stdout
+    order = ["floatctl shards --input clips", "train-motion --config recipes/real-cpu-stage1.yaml",
+             "floatctl export runs/real-cpu/stage1", "shards --from-crops data/real-cpu/crops",
+             "train --config recipes/real-cpu-fmt.yaml", "floatctl sample runs/real-cpu/fmt",
+             "floatctl eval runs/real-cpu/fmt"]
+    positions = [commands.index(c) for c in order]
+    assert positions == sorted(positions)
+    assert "--val-ids a,b --test-ids c" in commands and "--preset tiny" in commands
+    assert commands.count("--audio-features mel-speech") == 2  # the crops' and the latents' audio alike
+    gpu = subprocess.run(["make", "-n", "--no-print-directory", "real", "DATA=clips", "VAL_IDS=a", "TEST_IDS=c",
+                          "RECIPE=gpu"], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    assert "recipes/real-gpu-stage1.yaml" in gpu and "--preset small" in gpu and "runs/real-gpu/fmt" in gpu
+    for recipe in ("cpu", "gpu"):  # every key of the recipe files is an option the trainers know
+        from trainer.settings import MotionSettings, TrainSettings, read_config_file
+
+        read_config_file(str(REPO / "recipes" / f"real-{recipe}-stage1.yaml"), MotionSettings)
+        read_config_file(str(REPO / "recipes" / f"real-{recipe}-fmt.yaml"), TrainSettings)
+    stamp = tmp_path / "installed"
+    stamp.touch()  # newer than pyproject.toml: the install step has nothing to do
+    refused = subprocess.run(["make", "--no-print-directory", "real", f"STAMP={stamp}"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "usage: make real DATA=folder VAL_IDS=a,b TEST_IDS=c,d" in refused.stdout
