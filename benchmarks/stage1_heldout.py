@@ -13,31 +13,19 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from float.checkpoint_names import pick_checkpoint  # noqa: E402
 from float.motion_checkpoint import load_motion_checkpoint  # noqa: E402
 from shards.crops import crop_shard_urls  # noqa: E402
 from shards.pairs import ValPairs  # noqa: E402
-from trainer.motion_eval import mouth_region, psnr  # noqa: E402
-from trainer.train_motion import to_unit_range  # noqa: E402
+from trainer.motion_eval import heldout_psnr  # noqa: E402
 
 
-@torch.no_grad()
 def score(model, crops: Path, split: str, pairs: int, batch: int = 32) -> dict:
     val = ValPairs(crop_shard_urls(crops, split), pairs_per_clip=pairs, seed=1, size=model.size)
-    db: dict[str, list] = {"recon": [], "copy": [], "mouth": [], "mouth_copy": []}
-    for b in val.batches(batch):
-        source, driving = to_unit_range(b["source"]), to_unit_range(b["driving"])
-        recon = model(source, driving).float()
-        db["recon"].append(psnr(recon, driving))
-        db["copy"].append(psnr(source, driving))
-        db["mouth"].append(psnr(mouth_region(recon), mouth_region(driving)))
-        db["mouth_copy"].append(psnr(mouth_region(source), mouth_region(driving)))
-    mean = {k: float(torch.cat(v).mean()) for k, v in db.items()}
-    return {"pairs": len(val.pairs), "psnr": mean["recon"], "copy": mean["copy"],
-            "gain": mean["recon"] - mean["copy"], "mouth_gain": mean["mouth"] - mean["mouth_copy"]}
+    m = heldout_psnr(model, val.batches(batch))
+    return {"pairs": m["pairs"], "psnr": m["recon"], "copy": m["copy"], "gain": m["recon"] - m["copy"],
+            "mouth_gain": m["mouth"] - m["mouth_copy"]}
 
 
 def main() -> None:

@@ -50,13 +50,18 @@ class MotionLossWeights:
 MOUTH_BOX = (0.30, 0.70, 0.52, 0.82)
 
 
+def mouth_region(images: Tensor) -> Tensor:
+    """The MOUTH_BOX of face crops (..., S, S): what a talking-head model must move and a whole-frame loss or
+    PSNR barely weighs."""
+    side_y, side_x = images.shape[-2:]
+    x0, x1, y0, y1 = MOUTH_BOX
+    return images[..., int(y0 * side_y):int(round(y1 * side_y)), int(x0 * side_x):int(round(x1 * side_x))]
+
+
 def mouth_l1(recon: Tensor, driving: Tensor) -> Tensor:
     """L1 inside MOUTH_BOX. The mouth is a few percent of a crop: the whole-frame L1 hardly sees it, and a
     model trained on a few people learns the head's motion and leaves an unseen person's mouth closed."""
-    side_y, side_x = recon.shape[-2:]
-    x0, x1, y0, y1 = MOUTH_BOX
-    region = (..., slice(int(y0 * side_y), int(round(y1 * side_y))), slice(int(x0 * side_x), int(round(x1 * side_x))))
-    return F.l1_loss(recon[region], driving[region])
+    return F.l1_loss(mouth_region(recon), mouth_region(driving))
 
 
 def reconstruct(model: nn.Module, source: Tensor, driving: Tensor) -> Tensor:

@@ -253,3 +253,16 @@ def test_stage1_heldout_scores_a_split_against_copying_the_source(crop_dir):
     assert copy["pairs"] == perfect["pairs"] == 2 * 3
     assert copy["gain"] == 0 and copy["mouth_gain"] == 0 and copy["psnr"] == copy["copy"] < 60
     assert perfect["gain"] > 30 and perfect["mouth_gain"] > 30
+
+
+def test_a_manifest_with_an_unknown_log_mel_variant_is_refused_by_name():
+    from preprocess.encode import EncoderSetupError, LogMel
+    from preprocess.manifest_encoders import build_audio_encoder
+
+    speech = LogMel(speech=True)
+    manifest = {"features": {"audio": {"kind": "mel", "dim": 160, "variant": "clip-norm+delta"}},
+                "encoders": {"audio": {"kind": "mel", "fingerprint": speech.fingerprint}}}
+    assert build_audio_encoder(manifest).audio.speech  # the sampler rebuilds the shards' own features
+    manifest["features"]["audio"]["variant"] = "pcen"
+    with pytest.raises(EncoderSetupError, match="unknown log-mel variant 'pcen'"):
+        build_audio_encoder(manifest)

@@ -1,13 +1,20 @@
 """Stage-1 evaluation pieces: PSNR and the source | driving | reconstruction grid."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from float.motion_training import mouth_region
 from shards.files import atomic_write_image, writing
+
+
+def to_unit_range(images: Tensor) -> Tensor:
+    """uint8 (B,3,S,S) -> float in [-1, 1], as the auto-encoder expects."""
+    return images.float().div_(127.5).sub_(1.0)
 
 
 def psnr(images: Tensor, targets: Tensor) -> Tensor:
@@ -18,14 +25,23 @@ def psnr(images: Tensor, targets: Tensor) -> Tensor:
     return 10.0 * torch.log10(1.0 / mse)
 
 
-def mouth_region(images: Tensor) -> Tensor:
-    """The MOUTH_BOX of face crops (B,3,S,S): what a talking-head model must move and a whole-frame PSNR
-    barely weighs."""
-    from float.motion_training import MOUTH_BOX
-
-    side_y, side_x = images.shape[-2:]
-    x0, x1, y0, y1 = MOUTH_BOX
-    return images[..., int(y0 * side_y):int(round(y1 * side_y)), int(x0 * side_x):int(round(x1 * side_x))]
+@torch.no_grad()
+def heldout_psnr(model, batches, autocast=contextlib.nullcontext) -> dict:
+    """Mean PSNR (dB) over pair batches (uint8 ``source`` / ``driving``) of the model's reconstruction and of
+    copying the source frame, whole frame and mouth region: {"recon", "copy", "mouth", "mouth_copy", "pairs"}.
+    The trainer's validation and benchmarks/stage1_heldout.py both score with it."""
+    db: dict[str, list] = {"recon": [], "copy": [], "mouth": [], "mouth_copy": []}
+    for batch in batches:
+        source, driving = to_unit_range(batch["source"]), to_unit_range(batch["driving"])
+        with autocast():
+            recon = model(source, driving).float()
+        db["recon"].append(psnr(recon, driving))
+        db["copy"].append(psnr(source, driving))
+        db["mouth"].append(psnr(mouth_region(recon), mouth_region(driving)))
+        db["mouth_copy"].append(psnr(mouth_region(source), mouth_region(driving)))
+    out = {k: float(torch.cat(v).mean()) for k, v in db.items()}
+    out["pairs"] = sum(len(v) for v in db["recon"])
+    return out
 
 
 def to_uint8_rgb(images: Tensor) -> np.ndarray:

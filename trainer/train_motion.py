@@ -42,7 +42,7 @@ from trainer.distributed import DistInfo, init_distributed, wrap_ddp
 from trainer.ema import EMA
 from trainer.loop import TrainResult, run_loop
 from trainer.media_log import TAG_GRID, MediaLog
-from trainer.motion_eval import mouth_region, pair_grid, psnr, save_pair_grid
+from trainer.motion_eval import heldout_psnr, pair_grid, save_pair_grid, to_unit_range
 from trainer.errors import TrainingError
 from trainer.run import MOTION_KIND, Run, check_local_folders, check_same_shards, read_shard_sets, to_device
 from trainer.schedule import resolve_schedule
@@ -52,11 +52,6 @@ from trainer.settings import MotionSettings
 MOTION_LR = {"paper": 2e-3, "small": 2e-3, "tiny": 2e-3}
 BETAS = (0.9, 0.999)  # measured: faster than LIA's (0, 0.99) from the copy-the-source start (README)
 D_BETAS = (0.0, 0.99)  # StyleGAN2's, for the discriminator
-
-
-def to_unit_range(images: Tensor) -> Tensor:
-    """uint8 (B,3,S,S) -> float in [-1, 1], as the auto-encoder expects."""
-    return images.float().div_(127.5).sub_(1.0)
 
 
 INIT_TAKES = ("--init takes a stage-1 checkpoint of floatctl train-motion (a .pt file or its run folder) or the "
@@ -149,16 +144,7 @@ class MotionStage:
     @torch.no_grad()
     def evaluate(self, step: int) -> dict:
         """Held-out PSNR of the EMA model's reconstructions and of copying the source frame."""
-        model, db = self.run.ema.shadow, {"recon": [], "copy": [], "mouth": [], "mouth_copy": []}
-        for batch in self.val_batches:
-            source, driving = to_unit_range(batch["source"]), to_unit_range(batch["driving"])
-            with self.run.autocast():
-                recon = model(source, driving).float()
-            db["recon"].append(psnr(recon, driving))
-            db["copy"].append(psnr(source, driving))
-            db["mouth"].append(psnr(mouth_region(recon), mouth_region(driving)))
-            db["mouth_copy"].append(psnr(mouth_region(source), mouth_region(driving)))
-        mean = {k: float(torch.cat(v).mean()) for k, v in db.items()}
+        mean = heldout_psnr(self.run.ema.shadow, self.val_batches, self.run.autocast)
         metrics = {"psnr": mean["recon"], "psnr_copy_source": mean["copy"], "psnr_gain": mean["recon"] - mean["copy"],
                    "psnr_mouth_gain": mean["mouth"] - mean["mouth_copy"]}
         self.run.log.log(step, metrics, split="val")
