@@ -2,7 +2,9 @@
 
 One run, in one process, on synthetic data it makes itself (meant to take under 5 minutes on one H100/H200;
 not yet run on one when this was written), in this order:
-  stage 1  the real `floatctl train-motion` at 512 px, batch 32 (L1 + structure loss, bf16) vs its bare step.
+  stage 1  the real `floatctl train-motion` at 512 px, batch 32 (L1 + structure loss, bf16) vs its bare step;
+           which batch fits 80 and 141 GB cards (peaks at batches 8 and 16, the line through them, and one
+           step at this card's largest batch by that line, run to check it).
   FMT      the real `floatctl train --preset paper --compile` at batch 256 (loop, loader, EMA, logging,
            checkpoint cadence) vs the bare compiled step of the same model and batch (autocast bf16,
            backward, fused AdamW on random batches already on the GPU); the shard loader alone.
@@ -52,11 +54,12 @@ MOTION_TODAY = 93.0  # pairs/s at 512 px, batch 32, bf16, measured on an H200 (i
 
 # The rows printed, in order; the test checks each one is there with a figure.
 # Stage 1 goes first: it compiles nothing, so its figures are in even if the FMT's compilation runs long.
-ROWS = ("card", "stage 1 real train-motion", "stage 1 bare step", "stage 1 real / bare", "FMT real train",
+ROWS = ("card", "stage 1 real train-motion", "stage 1 bare step", "stage 1 real / bare", "stage 1 batch fit",
+        "FMT real train",
         "FMT bare step", "FMT real / bare", "FMT loader alone", "FMT loader / real", "sample end to end",
         "sample old settings", "sample decoding", "decoder alone")
 # The parts of a run (--only), each with its rows: a part that fails marks its rows FAILED and the next runs.
-SECTIONS = {"motion": ROWS[1:4], "fmt": ROWS[4:9], "sample": ROWS[9:]}
+SECTIONS = {"motion": ROWS[1:5], "fmt": ROWS[5:10], "sample": ROWS[10:]}
 
 
 def bf16_peak(name: str) -> float | None:
@@ -136,6 +139,23 @@ def motion_rows(table: Table, work: Path, sizes: gpu_rows.Sizes, device: torch.d
     table.add("stage 1 bare step", f"{bare['pairs_per_s']:.1f} pairs/s, {mem(bare['peak_gib'])}, "
               f"{mfu(bare['pairs_per_s'] * per_pair, peak)}")
     table.add("stage 1 real / bare", f"{real['pairs_per_s'] / bare['pairs_per_s']:.2f}x")
+    table.add("stage 1 batch fit", batch_fit_text(gpu_rows.motion_batch_fit(cfg, sizes, device), sizes))
+
+
+def batch_fit_text(fit: dict, sizes: gpu_rows.Sizes) -> str:
+    """Which stage-1 batch fits which card: measured peaks at two batches, the line through them, a checked step."""
+    b1, b2 = fit["probes"]
+    if "peaks" not in fit:
+        return (f"bare steps at batches {b1} and {b2} ran ({fit['pairs_per_s'][b2]:.1f} pairs/s); no peak memory "
+                f"counter on the CPU, so no batch fit")
+    peaks = ", ".join(f"{fit['peaks'][b]:.1f} GiB at batch {b}" for b in (b1, b2))
+    cards = ", ".join(f"{card}: batch {batch}" for card, batch in fit["fits"].items())
+    checked = fit["checked"]
+    check = (f"checked here ({fit['here_gib']:.0f} GiB): batch {fit['checked_batch']} ran, peak "
+             f"{checked['peak_gib']:.1f} GiB, {checked['pairs_per_s']:.1f} pairs/s" if checked else
+             f"no batch above {b2} ran here")
+    return (f"{sizes.motion_size} px, bf16, L1 + structure loss: peak {peaks}; by that line, within "
+            f"{100 * gpu_rows.FIT_HEADROOM:.0f} % of the card: {cards}; {check}")
 
 
 def sample_rows(table: Table, checkpoint: Path, work: Path, sizes: gpu_rows.Sizes, device: torch.device) -> None:

@@ -9,11 +9,12 @@ cadence are what is timed; their throughput and data-wait figures are the ones t
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import time
 import wave
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -303,6 +304,45 @@ def bare_motion(cfg: FloatConfig, sizes: Sizes, device: torch.device, steps: int
 
     seconds = timed_steps(step, batches, warmup, steps, device)
     return {"pairs_per_s": steps * sizes.motion_batch / seconds, "peak_gib": peak_gib(device)}
+
+
+# Memory torch reports for the two card sizes the issue asks about (torch.cuda.get_device_properties.total_memory):
+# an 80 GB H100/A100 shows about 79.1 GiB, a 141 GB H200 about 139.8 GiB.
+CARDS_GIB = {"80 GB": 79.1, "141 GB": 139.8}
+FIT_HEADROOM = 0.9  # of a card's memory a batch may plan on: the allocator's fragmentation and the CUDA context
+
+
+def largest_batch(peaks: dict[int, float], capacity_gib: float, headroom: float = FIT_HEADROOM) -> int:
+    """The largest batch whose peak stays under ``headroom * capacity_gib``, on the line through two measured
+    (batch, peak GiB) points: a step's memory is the weights and optimizer state plus activations per pair."""
+    (b1, m1), (b2, m2) = sorted(peaks.items())[:2]
+    per_pair = (m2 - m1) / (b2 - b1)
+    if per_pair <= 0:
+        raise ValueError(f"peak memory did not grow with the batch: {peaks}")
+    return max(0, int((headroom * capacity_gib - (m1 - per_pair * b1)) // per_pair))
+
+
+def motion_batch_fit(cfg: FloatConfig, sizes: Sizes, device: torch.device) -> dict:
+    """Stage 1's bare step at two batches (a quarter and half of ``motion_batch``): its peak memory, the line
+    through them, the largest batch that fits each card of CARDS_GIB and this card by that line, and one step at
+    this card's largest batch, run to check it (smaller by a tenth each time it runs out of memory)."""
+    probes = (max(1, sizes.motion_batch // 4), max(2, sizes.motion_batch // 2))
+    runs = {b: bare_motion(cfg, replace(sizes, motion_batch=b), device, steps=1, warmup=1) for b in probes}
+    if device.type != "cuda":
+        return {"probes": probes, "pairs_per_s": {b: r["pairs_per_s"] for b, r in runs.items()}}
+    peaks = {b: r["peak_gib"] for b, r in runs.items()}
+    here = torch.cuda.get_device_properties(device).total_memory / 2**30
+    fits = {card: largest_batch(peaks, gib) for card, gib in CARDS_GIB.items()}
+    batch, checked = largest_batch(peaks, here), None
+    while batch >= probes[1] and checked is None:
+        try:
+            checked = bare_motion(cfg, replace(sizes, motion_batch=batch), device, steps=1, warmup=1)
+        except torch.OutOfMemoryError:
+            gc.collect()  # the failed step's model and batches
+            torch.cuda.empty_cache()
+            batch = int(batch * 0.9)
+    return {"probes": probes, "peaks": peaks, "fits": fits, "here_gib": here, "checked_batch": batch,
+            "checked": checked}
 
 
 def make_crops(folder: Path, sizes: Sizes) -> None:

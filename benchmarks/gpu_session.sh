@@ -9,9 +9,11 @@
 #    are measured, so a run cut short still leaves the figures it reached.
 # Both parts run whatever the other's result. Everything is teed to $OUT/gpu_session.log when OUT is set
 # (a device machine's output folder), with the benchmark's table alone in $OUT/bench_gpu.md.
-# Packages the machine lacks travel as wheels in .whl/ (git-ignored; name it in the run's carry) and are
+# Packages the machine lacks travel as wheels (git-ignored; name the folder in the run's carry) and are
 # installed into /tmp/site first. The H200 image (python 3.12) lacks PyAV, braceexpand and webdataset; fetch
-# them here, once, before the session (about 40 MB):
+# them here, once, before the session (about 40 MB) with the workplace's script, which fills .device/wheels:
+#     bash ../shared/gpu/prepare.sh          # then: run(command="bash benchmarks/gpu_session.sh", carry=[".device"])
+# or by hand into .whl/ (carry ".whl"):
 #     echo /.whl/ >> .git/info/exclude
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
@@ -33,9 +35,11 @@ export PYTHONUNBUFFERED=1
 
 say() { echo "== $*" | tee -a "$LOG"; }
 
-if ls .whl/*.whl >/dev/null 2>&1; then
-    say "installing the carried wheels in .whl/ into /tmp/site"
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+wheels=$(ls .device/wheels/*.whl .whl/*.whl 2>/dev/null)
+if [ -n "$wheels" ]; then
+    say "installing the carried wheels into /tmp/site: $(echo "$wheels" | xargs -n1 basename | tr '\n' ' ')"
+    # shellcheck disable=SC2086  # a list of wheel files
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels \
         2>&1 | tee -a "$LOG" || exit 1
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi

@@ -122,3 +122,46 @@ def test_a_failing_part_marks_its_rows_and_the_others_go_on(capsys):
 def test_only_takes_known_parts():
     done = run_script("--smoke", "--only", "fmt,stage2")
     assert done.returncode == 2 and "'fmt,stage2': choose from motion, fmt, sample" in done.stderr
+
+
+def test_the_batch_that_fits_a_card_follows_the_line_through_two_measured_peaks():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_rows import largest_batch
+
+    # 10 GiB of weights and optimizer state, 1.25 GiB a pair: 90 % of 80 GiB holds (72 - 10) / 1.25 = 49.6 pairs
+    peaks = {8: 20.0, 16: 30.0}
+    assert largest_batch(peaks, 80.0) == 49
+    assert largest_batch(peaks, 80.0, headroom=1.0) == 56
+    assert largest_batch(peaks, 8.0) == 0  # not even the weights fit
+    with pytest.raises(ValueError, match="did not grow"):
+        largest_batch({8: 30.0, 16: 30.0}, 80.0)
+
+
+def test_the_batch_fit_row_checks_its_prediction_and_backs_off_when_the_card_runs_out(monkeypatch):
+    """The card is simulated (no GPU here): 10 GiB + 1.25 GiB a pair by the probes, but the real card runs out
+    above batch 80, so the predicted batch (90 % of 120 GiB: 78) is tried, and the 141 GB card's is not."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu
+    import gpu_rows
+
+    tried = []
+
+    def bare_motion(cfg, sizes, device, steps, warmup):
+        tried.append(sizes.motion_batch)
+        if sizes.motion_batch > 70:
+            raise torch.OutOfMemoryError("simulated")
+        return {"pairs_per_s": 10.0 * sizes.motion_batch, "peak_gib": 10.0 + 1.25 * sizes.motion_batch}
+
+    class Props:
+        total_memory = 120 * 2**30
+
+    monkeypatch.setattr(gpu_rows, "bare_motion", bare_motion)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    sizes = gpu_rows.GPU
+    fit = gpu_rows.motion_batch_fit(gpu_rows.motion_config(gpu_rows.SMOKE), sizes, torch.device("cuda"))
+    assert fit["peaks"] == {8: 20.0, 16: 30.0}
+    assert fit["fits"] == {"80 GB": gpu_rows.largest_batch(fit["peaks"], 79.1), "141 GB": 92}
+    assert tried == [8, 16, 78, 70] and fit["checked_batch"] == 70  # 78 ran out, then a tenth smaller
+    text = gpu.batch_fit_text(fit, sizes)
+    assert "80 GB: batch 48" in text and "141 GB: batch 92" in text and "batch 70 ran, peak 97.5 GiB" in text

@@ -159,3 +159,19 @@ def test_sampling_refuses_a_stage1_checkpoint_naming_what_it_is(tmp_path):
     stage1 = write_stage1_checkpoint(tmp_path / "stage1.pt", size=16, version=CHECKPOINT_VERSION)
     with pytest.raises(SampleError, match="stage-1 motion auto-encoder checkpoint.*--motion-ckpt"):
         load_sampling_model(stage1)
+
+
+def test_export_warns_that_relative_motion_is_not_the_official_models(tmp_path):
+    """A model trained with relative_motion generates motion minus the reference frame's; the official code adds
+    no reference back, so the export says so (and one trained without it says nothing of the kind)."""
+    warned = {}
+    for relative in (True, False):
+        cfg = get_preset("tiny", **TINY, relative_motion=relative)
+        model = FloatMotionModel(cfg)
+        state = {"version": CHECKPOINT_VERSION, "step": 7, "model": model.state_dict(), "ema": model.state_dict(),
+                 "config": cfg.to_dict(), "settings": {}}
+        path = save_final(tmp_path / f"run-{relative}" / "checkpoints", state)
+        result = cli([path, tmp_path / f"out-{relative}.pth"])
+        assert result.exit_code == 0, result.output
+        warned[relative] = "relative to the reference frame" in result.output
+    assert warned == {True: True, False: False}

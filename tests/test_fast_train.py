@@ -25,6 +25,7 @@ from trainer import checkpoints as ckpt
 from trainer.command import train as train_command
 from trainer.device_feed import DeviceFeed
 from trainer.device_step import keep_fused, optimizer_step, supports_found_inf
+from trainer import ema as ema_module
 from trainer.ema import EMA
 from trainer.errors import TrainingError
 from trainer.run import make_optimizer
@@ -104,7 +105,9 @@ def test_a_fused_optimizer_stays_fused_after_loading_a_plain_optimizers_state():
     assert all(s["step"].dtype == torch.float32 for s in fused.state.values())
 
 
-def test_the_ema_holds_still_on_a_skipped_step_and_follows_on_a_kept_one():
+@pytest.mark.parametrize("host_read", [True, False], ids=["host-read", "masked-on-device"])
+def test_the_ema_holds_still_on_a_skipped_step_and_follows_on_a_kept_one(host_read, monkeypatch):
+    monkeypatch.setattr(ema_module, "HOST_READ_FREE", {"cpu"} if host_read else set())
     model = torch.nn.Linear(3, 2)
     ema = EMA(model, decay=0.5)
     before = ema.shadow.weight.clone()
@@ -134,6 +137,7 @@ def test_no_host_read_inside_a_step_only_at_log_steps(shards, tmp_path, monkeypa
 
     for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
         spy(name)
+    monkeypatch.setattr(ema_module, "HOST_READ_FREE", set())  # the CUDA path: the CPU's own reads are free
     train(fmt_settings(shards, tmp_path / "run", steps=8, log_step=4), samples_hook=lambda path: None)
     step_code = {"run_loop", "compute_gradients", "apply_update", "optimizer_step", "update", "add", "after_step",
                  "loss", "rectified_flow_loss", "forward"}
