@@ -103,7 +103,8 @@ class TrainWindows(IterableDataset):
         self.read_retries, self.retry_delay, self.max_failed_reads = read_retries, retry_delay, max_failed_reads
         self.skipped = 0
         self._failed_in_a_row = 0
-        # Set by WindowLoader(cut="device"): float16 audio stays float16 for clip records (shards/clip_records.py).
+        # Set by WindowLoader: True with cut="device", where float16 audio stays float16 for clip records
+        # (shards/clip_records.py); False for collate, which wants float32.
         self.keep_audio_dtype = False
         # Set by WindowLoader: (batches consumed, per-stream positions or None, restart salt).
         self.resume: tuple[int, list | None, int] = (0, None, 0)

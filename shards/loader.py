@@ -64,11 +64,12 @@ class WindowLoader:
             raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
         if cut not in CUTS:
             raise ValueError(f"cut must be one of {CUTS}, got {cut!r}")
-        if cut == "device":
-            if dataset.collate is not collate:
-                raise ValueError(f"cut='device' needs a stream of training windows; {type(dataset).__name__} "
-                                 "batches its items with its own collate (host only)")
-            dataset.keep_audio_dtype = True  # the record carries the audio as stored; the cut converts it
+        windows = dataset.collate is collate  # not the pair stream (shards/pairs.py), which batches its own way
+        if cut == "device" and not windows:
+            raise ValueError(f"cut='device' needs a stream of training windows; {type(dataset).__name__} "
+                             "batches its items with its own collate (host only)")
+        if windows:  # records carry the audio as stored (the cut converts it); collate wants it float32
+            dataset.keep_audio_dtype = cut == "device"
         self.cut = cut
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory

@@ -119,9 +119,13 @@ def test_resume_in_device_mode_continues_the_uninterrupted_stream(shard_dir, num
     _assert_equal_batches(tail, _finished(resumed, 6))
 
 
-def test_device_feed_hands_out_cut_batches(shard_dir):
-    fed = list(itertools.islice(iter(DeviceFeed(_loader(shard_dir, "device"), torch.device("cpu"))), 4))
-    _assert_equal_batches(_finished(_loader(shard_dir, "host"), 4), fed)
+@pytest.mark.parametrize("ahead", [False, True])
+def test_device_feed_hands_out_cut_batches(shard_dir, ahead):
+    feed = DeviceFeed(_loader(shard_dir, "device"), torch.device("cpu"), ahead=ahead)
+    fed = list(itertools.islice(iter(feed), 4))
+    host = _loader(shard_dir, "host")
+    _assert_equal_batches(_finished(host, 4), fed)
+    assert feed.state_dict()["streams"] == host.state_dict()["streams"]  # the position of the batches handed out
 
 
 def test_mixed_audio_widths_in_a_batch_give_collates_error(tmp_path):
@@ -147,6 +151,10 @@ def test_bad_cut_and_a_stream_with_its_own_collate_are_refused(shard_dir):
         make_loader(urls, SPEC, 4, cut="gpu")
     with pytest.raises(ValueError, match="OwnCollate batches its items with its own collate"):
         WindowLoader(OwnCollate(urls, SPEC), 4, cut="device")
+    # One stream handed from a device loader to a host one is collated float32 again.
+    shared = TrainWindows(urls, SPEC, seed=0)
+    WindowLoader(shared, 4, cut="device")
+    assert next(iter(WindowLoader(shared, 4, cut="host")))["audio"].dtype == torch.float32
     clip = decode_clip("k", clip_members(np.zeros((25, D), np.float32), np.zeros((25, A))), pad=10)
     window = cut_windows(clip, SPEC, [0], [0])[0]
     del window["_clip"]
