@@ -7,18 +7,18 @@ Exact resume. Every batch carries its stream's position after its last window;
 new loader given that state restarts each stream at its block, re-reads that
 one block and drops the windows already used, so the resumed stream equals the
 uninterrupted one window for window (cost: at most one block re-read per worker).
-
-Where windows are cut. ``cut="host"`` (the default): the workers hand out collated batches.
-``cut="device"``: they hand out clip records (shards/clip_records.py: each row a batch uses
-once, audio float16 as stored) and the consumer calls ``finish(batch)`` after moving the batch
-to its device, which cuts the same batch there; ``finish`` is the identity for "host". The
-window stream, and so the exact resume, is the same either way.
 DataLoader workers hand out batches round robin, so after ``k`` batches worker
 ``j`` of the new loader runs stream ``(k + j) % num_workers``: batch ``i`` always
 comes from stream ``i % num_workers``, as in the uninterrupted run. Positions
 depend on the data (corrupt clips are skipped), which is why they are recorded
 rather than computed from the step: under DDP every rank has its own state
 (gather them with ``torch.distributed.all_gather_object``).
+
+Where windows are cut. ``cut="host"`` (the default): the workers hand out collated batches.
+``cut="device"``: they hand out clip records (shards/clip_records.py: each row a batch uses
+once, audio float16 as stored) and the consumer calls ``finish(batch)`` after moving the batch
+to its device, which cuts the same batch there; ``finish`` is the identity for "host". The
+window stream, and so the exact resume, is the same either way.
 """
 from __future__ import annotations
 
