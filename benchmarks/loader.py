@@ -33,23 +33,24 @@ from shards.sources import shard_urls  # noqa: E402
 from shards.windows import WindowSpec, collate  # noqa: E402
 
 
-def _finished_here(loader: WindowLoader, sizes: list[int]):
+def _finished_here(loader: WindowLoader, sizes: list[int], finish: bool = True):
     """The loader's batches finished in this process (clip records cut here), their shipped bytes noted."""
     for batch in loader:
         sizes.append(record_bytes(batch))
-        yield loader.finish(batch)
+        yield loader.finish(batch) if finish else batch
 
 
 def loader_throughput(loader: WindowLoader, batches: int = 20, warmup: int = 2,
-                      device: torch.device | None = None) -> dict:
+                      device: torch.device | None = None, finish: bool = True) -> dict:
     """Windows/s and batches/s of ``loader`` over ``batches`` batches after ``warmup`` (worker start-up).
 
     Every batch is finished as the trainer finishes it (``loader.finish``: clip records are cut): with
     ``device``, through trainer/device_feed.py's DeviceFeed, which copies and cuts on CUDA in its side
-    stream one batch ahead, synchronised before the clock stops; without, here in the main process."""
+    stream one batch ahead, synchronised before the clock stops; without, here in the main process
+    (``finish=False``: not at all, the rate of the workers' output alone)."""
     sizes: list[int] = []
     if device is None:
-        it = _finished_here(loader, sizes)
+        it = _finished_here(loader, sizes, finish)
     else:
         from trainer.device_feed import DeviceFeed
 
@@ -68,35 +69,33 @@ def loader_throughput(loader: WindowLoader, batches: int = 20, warmup: int = 2,
             "bytes_per_batch": sum(sizes[warmup:]) / max(1, len(sizes) - warmup) if sizes else None}
 
 
+# (label, cut, whether the cut is made here and timed)
+CUT_RUNS = (("host", "host", True), ("device", "device", True), ("records", "device", False))
+
+
 def compare_cuts(urls: list[str], spec: WindowSpec, batch_size: int, workers: int, batches: int,
                  repeats: int = 2, **dataset_kwargs) -> dict[str, dict]:
-    """Host collate against clip records + the cut in this process, same workers and batch; the runs
-    alternate ``repeats`` times (a shared machine's load falls on both) and each keeps its best rate."""
+    """Host collate, clip records + the cut in this process, and clip records alone (on CUDA the cut runs on
+    the GPU instead), same workers and batch; the runs alternate ``repeats`` times (a shared machine's load
+    falls on all) and each keeps its best rate."""
     best: dict[str, dict] = {}
     for _ in range(repeats):
-        for cut in ("host", "device"):
+        for label, cut, finish in CUT_RUNS:
             loader = make_loader(urls, spec, batch_size, num_workers=workers, seed=0, pin_memory=False, cut=cut,
                                  **dataset_kwargs)
-            r = loader_throughput(loader, batches)
-            if cut not in best or r["windows_per_s"] > best[cut]["windows_per_s"]:
-                best[cut] = r
+            r = loader_throughput(loader, batches, finish=finish)
+            if label not in best or r["windows_per_s"] > best[label]["windows_per_s"]:
+                best[label] = r
     return best
 
 
 def print_cut_comparison(best: dict[str, dict]) -> None:
     host = best["host"]
-    for cut, r in best.items():
-        print(f"  cut={cut:6s}: {r['windows_per_s']:8.0f} windows/s ({r['windows_per_s'] / host['windows_per_s']:.2f}x "
-              f"host), {r['bytes_per_batch'] / 2**20:8.1f} MiB a batch from the workers "
-              f"({r['bytes_per_batch'] / host['bytes_per_batch']:.2f}x host)")
-
-
-def local_http_verdict(rates: dict[str, float], note: str = "2x") -> None:
-    """Print local disk / local HTTP of ``rates`` ("local disk", "http 127.0.0.1") and exit 1 past 2x."""
-    ratio = rates["local disk"] / rates["http 127.0.0.1"]
-    print(f"  local / http = {ratio:.2f}x ({'within' if ratio <= 2.0 else 'NOT within'} {note})")
-    if ratio > 2.0:
-        sys.exit(1)
+    what = {"host": "collate in the workers", "device": "records, cut here", "records": "records, no cut"}
+    for label, r in best.items():
+        print(f"  {label:8s} ({what[label]:22s}): {r['windows_per_s']:6.0f} windows/s "
+              f"({r['windows_per_s'] / host['windows_per_s']:.2f}x host), {r['bytes_per_batch'] / 2**20:6.1f} MiB "
+              f"a batch from the workers ({r['bytes_per_batch'] / host['bytes_per_batch']:.2f}x host)")
 
 
 def add_shard_options(parser: argparse.ArgumentParser, batches: int) -> None:
