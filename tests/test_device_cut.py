@@ -95,6 +95,14 @@ def test_record_keeps_float16_audio_and_each_row_once(shard_dir):
     _assert_equal_batches([host], [cut_records(record, SPEC.num_prev_frames, SPEC.num_frames)])
 
 
+def test_a_spec_without_preceding_frames_cuts_equal_too(shard_dir):
+    spec = WindowSpec(num_frames=20, num_prev_frames=0, windows_per_clip=3)
+    loaders = [make_loader(shard_urls(shard_dir, "train"), spec, 5, seed=2, cut=cut) for cut in ("host", "device")]
+    host, device = (_finished(loader, 3) for loader in loaders)
+    _assert_equal_batches(host, device)
+    assert device[0]["prev_motion"].shape == (5, 0, D) and device[0]["prev_mask"].shape == (5, 0)
+
+
 def test_decode_keeps_float16_audio_only_when_asked():
     rng = np.random.default_rng(0)
     members = clip_members(rng.normal(size=(25, D)).astype(np.float32), rng.normal(size=(25, A)))
