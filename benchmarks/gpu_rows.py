@@ -230,14 +230,19 @@ def bare_fmt(cfg: FloatConfig, sizes: Sizes, device: torch.device, steps: int, w
 
 
 def loader_alone(shards: Path, cfg: FloatConfig, sizes: Sizes, workers: int, device: torch.device) -> float:
-    """Windows/s of the trainer's shard loader alone, with the real run's workers and batch."""
+    """Windows/s of the trainer's shard loader alone, with the real run's workers and batch, used as the real
+    run uses it: clip records (cut="device" where --window-cut auto picks it), copied and cut on the device by
+    trainer/device_feed.py one batch ahead, synchronised before the clock stops."""
+    from trainer.train_fmt import resolve_window_cut
+
     from shards.loader import make_loader
     from shards.sources import shard_urls
     from shards.windows import WindowSpec
 
     loader = make_loader(shard_urls(shards, "train"), WindowSpec.from_config(cfg), sizes.fmt_batch, workers, seed=0,
-                         pin_memory=device.type == "cuda", motion_dim=cfg.dim_w, audio_dim=cfg.audio_input_dim)
-    return loader_throughput(loader, batches=max(10, sizes.fmt_log_step * 2))["windows_per_s"]
+                         pin_memory=device.type == "cuda", cut=resolve_window_cut("auto", device),
+                         motion_dim=cfg.dim_w, audio_dim=cfg.audio_input_dim)
+    return loader_throughput(loader, batches=max(10, sizes.fmt_log_step * 2), device=device)["windows_per_s"]
 
 
 # ---------------------------------------------------------------- stage 1: the motion auto-encoder

@@ -73,7 +73,8 @@ class TrainWindows(IterableDataset):
 
     Windows are dicts of numpy views (``motion`` (N,D), ``prev_motion`` (P,D),
     ``prev_mask`` (P,), ``audio`` (N,A), ``prev_audio`` (P,A), ``ref_motion`` (D,),
-    ``emotion`` (7,), float32 / bool) plus ``key``, ``start``, ``ref_frame`` and
+    ``emotion`` (7,), float32 / bool; the audio float16 as stored when ``keep_audio_dtype``)
+    plus ``key``, ``start``, ``ref_frame``, ``_clip`` (the decoded Clip the views are of) and
     ``_pos``, the stream position after the window (used by WindowLoader).
     ``skipped`` counts clips dropped as corrupt or too short in this process
     (``WindowLoader.skipped`` is the count for the consumed batches, workers included).
@@ -102,6 +103,9 @@ class TrainWindows(IterableDataset):
         self.read_retries, self.retry_delay, self.max_failed_reads = read_retries, retry_delay, max_failed_reads
         self.skipped = 0
         self._failed_in_a_row = 0
+        # Set by WindowLoader: True with cut="device", where float16 audio stays float16 for clip records
+        # (shards/clip_records.py); False for collate, which wants float32.
+        self.keep_audio_dtype = False
         # Set by WindowLoader: (batches consumed, per-stream positions or None, restart salt).
         self.resume: tuple[int, list | None, int] = (0, None, 0)
 
@@ -121,7 +125,8 @@ class TrainWindows(IterableDataset):
 
     def decode(self, key: str, members: dict[str, bytes]):
         """One shard sample -> a clip with ``num_frames``; CorruptSample when unusable."""
-        return decode_clip(key, members, self.spec.num_prev_frames, self.emotion, self.motion_dim, self.audio_dim)
+        return decode_clip(key, members, self.spec.num_prev_frames, self.emotion, self.motion_dim, self.audio_dim,
+                           keep_audio_dtype=self.keep_audio_dtype)
 
     def draw(self, clip, rng: np.random.Generator) -> list[dict]:
         """The items taken from one decoded clip; CorruptSample skips the clip."""

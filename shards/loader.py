@@ -13,6 +13,12 @@ comes from stream ``i % num_workers``, as in the uninterrupted run. Positions
 depend on the data (corrupt clips are skipped), which is why they are recorded
 rather than computed from the step: under DDP every rank has its own state
 (gather them with ``torch.distributed.all_gather_object``).
+
+Where windows are cut. ``cut="host"`` (the default): the workers hand out collated batches.
+``cut="device"``: they hand out clip records (shards/clip_records.py: each row a batch uses
+once, audio float16 as stored) and the consumer calls ``finish(batch)`` after moving the batch
+to its device, which cuts the same batch there; ``finish`` is the identity for "host". The
+window stream, and so the exact resume, is the same either way.
 """
 from __future__ import annotations
 
@@ -22,12 +28,14 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from shards.clip_records import cut_records, pack_records
 from shards.dataset import TrainWindows
-from shards.windows import WindowSpec
+from shards.windows import WindowSpec, collate
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+CUTS = ("host", "device")
 
 
 class _CollateWithPosition:
@@ -51,15 +59,31 @@ class WindowLoader:
     """
 
     def __init__(self, dataset: TrainWindows, batch_size: int, num_workers: int = 0,
-                 pin_memory: bool | None = None, prefetch_factor: int = 2):
+                 pin_memory: bool | None = None, prefetch_factor: int = 2, cut: str = "host"):
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+        if cut not in CUTS:
+            raise ValueError(f"cut must be one of {CUTS}, got {cut!r}")
+        windows = dataset.collate is collate  # not the pair stream (shards/pairs.py), which batches its own way
+        if cut == "device" and not windows:
+            raise ValueError(f"cut='device' needs a stream of training windows; {type(dataset).__name__} "
+                             "batches its items with its own collate (host only)")
+        if windows:  # records carry the audio as stored (the cut converts it); collate wants it float32
+            dataset.keep_audio_dtype = cut == "device"
+        self.cut = cut
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.prefetch_factor = prefetch_factor
         self.batches = 0
         self.streams: list | None = None  # per stream [block, offset, skipped at block start, skipped now]
         self.restart = 0
+
+    def finish(self, batch: dict) -> dict:
+        """The training batch, from what this loader yielded once it is on its device (identity for "host")."""
+        if self.cut == "host":
+            return batch
+        spec = self.dataset.spec
+        return cut_records(batch, spec.num_prev_frames, spec.num_frames)
 
     @property
     def num_streams(self) -> int:
@@ -74,7 +98,8 @@ class WindowLoader:
         self.dataset.resume = (self.batches, self.streams, self.restart)
         loader = DataLoader(
             self.dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-            collate_fn=_CollateWithPosition(self.dataset.collate), pin_memory=self.pin_memory,
+            collate_fn=_CollateWithPosition(pack_records if self.cut == "device" else self.dataset.collate),
+            pin_memory=self.pin_memory,
             prefetch_factor=self.prefetch_factor if self.num_workers else None)
         for batch in loader:
             stream, *position = batch.pop("_stream")
@@ -123,20 +148,22 @@ class WindowLoader:
 
 def make_loader(urls: list[str], spec: WindowSpec, batch_size: int, num_workers: int = 0, seed: int = 0,
                 rank: int = 0, world_size: int = 1, pin_memory: bool | None = None, *,
-                state: dict | None = None, prefetch_factor: int = 2, **dataset_kwargs) -> WindowLoader:
+                state: dict | None = None, prefetch_factor: int = 2, cut: str = "host",
+                **dataset_kwargs) -> WindowLoader:
     """A WindowLoader over TrainWindows(urls, spec, seed, rank, world_size, **dataset_kwargs).
 
     ``pin_memory`` defaults to ``torch.cuda.is_available()``; ``state`` is a saved
-    ``WindowLoader.state_dict()`` to continue from (strict).
+    ``WindowLoader.state_dict()`` to continue from (strict); ``cut``: "host" or "device"
+    (clip records cut by ``finish``, see the module docstring).
     """
     dataset = TrainWindows(urls, spec, seed=seed, rank=rank, world_size=world_size, **dataset_kwargs)
-    return loader_over(dataset, batch_size, num_workers, pin_memory, prefetch_factor, state)
+    return loader_over(dataset, batch_size, num_workers, pin_memory, prefetch_factor, state, cut)
 
 
 def loader_over(dataset: TrainWindows, batch_size: int, num_workers: int, pin_memory: bool | None,
-                prefetch_factor: int, state: dict | None) -> WindowLoader:
+                prefetch_factor: int, state: dict | None, cut: str = "host") -> WindowLoader:
     """A WindowLoader over any TrainWindows stream, continued from ``state`` (strict) when given."""
-    loader = WindowLoader(dataset, batch_size, num_workers, pin_memory, prefetch_factor)
+    loader = WindowLoader(dataset, batch_size, num_workers, pin_memory, prefetch_factor, cut)
     if state is not None:
         loader.load_state_dict(state)
     return loader

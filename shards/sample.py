@@ -97,17 +97,19 @@ def read_meta(members: dict[str, bytes]) -> dict:
 class Clip:
     key: str
     motion: np.ndarray  # (P + T, D) float32, rows [0, P) are zeros
-    audio: np.ndarray  # (P + T, A) float32, rows [0, P) are zeros
+    audio: np.ndarray  # (P + T, A) float32 (float16 when decoded with keep_audio_dtype), rows [0, P) are zeros
     emotion: np.ndarray  # (7,) float32
     num_frames: int  # T
     pad: int  # P
 
 
-def _npy_into_padded(data: bytes, name: str, pad: int) -> np.ndarray:
+def _npy_into_padded(data: bytes, name: str, pad: int, keep_float16: bool = False) -> np.ndarray:
     """Decode an .npy payload of a 2-D array into a float32 array with ``pad`` zero rows in front.
 
     Reads the header and views the payload in place, so the only copy is the
     one into the padded float32 array (which also converts float16 audio).
+    ``keep_float16``: a float16 payload stays float16 (half the bytes; the
+    conversion then happens where the windows are cut, shards/clip_records.py).
     """
     buf = io.BytesIO(data)
     try:
@@ -134,11 +136,14 @@ def _npy_into_padded(data: bytes, name: str, pad: int) -> np.ndarray:
             raise CorruptSample(f"{name} is truncated: {len(data) - offset} data bytes for shape {shape} {dtype}")
         order = "F" if fortran else "C"
         src = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape, order=order)
-    out = np.empty((pad + shape[0], shape[1]), np.float32)
+    out = np.empty((pad + shape[0], shape[1]), np.float16 if keep_float16 and dtype == np.float16 else np.float32)
     out[:pad] = 0.0
     out[pad:] = src
-    # One reduction instead of an isfinite mask: NaN/inf anywhere makes the sum non-finite.
-    if not np.isfinite(out[pad:].sum()):
+    if out.dtype == np.float16:  # NaN and inf are the all-ones exponent (4x faster than a float16 sum)
+        bad = bool(((out[pad:].view(np.uint16) & 0x7C00) == 0x7C00).any())
+    else:  # one reduction instead of an isfinite mask: NaN/inf anywhere makes the sum non-finite
+        bad = not np.isfinite(out[pad:].sum())
+    if bad:
         raise CorruptSample(f"{name} holds NaN or infinite values")
     return out
 
@@ -157,8 +162,11 @@ def _small_vector(data: bytes, name: str) -> np.ndarray:
 
 
 def decode_clip(key: str, members: dict[str, bytes], pad: int, emotion: str = "auto",
-                motion_dim: int | None = None, audio_dim: int | None = None) -> Clip:
+                motion_dim: int | None = None, audio_dim: int | None = None, keep_audio_dtype: bool = False) -> Clip:
     """Decode one shard sample (member suffix -> bytes) into a padded Clip; CorruptSample if unusable.
+
+    ``keep_audio_dtype``: float16 audio stays float16 (for clip records, shards/clip_records.py);
+    otherwise the audio is float32 like the motion.
 
     ``emotion``: "auto" uses the speech-emotion probabilities when the sample has
     them and the one-hot label otherwise; "probs" requires the probabilities;
@@ -171,7 +179,7 @@ def decode_clip(key: str, members: dict[str, bytes], pad: int, emotion: str = "a
     if missing:
         raise CorruptSample(f"missing member(s) {missing} (has {sorted(members)})")
     motion = _npy_into_padded(members[MOTION], MOTION, pad)
-    audio = _npy_into_padded(members[AUDIO], AUDIO, pad)
+    audio = _npy_into_padded(members[AUDIO], AUDIO, pad, keep_audio_dtype)
     frames = motion.shape[0] - pad
     if audio.shape[0] - pad != frames:
         raise CorruptSample(f"{AUDIO} has {audio.shape[0] - pad} frames but {MOTION} has {frames}")

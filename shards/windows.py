@@ -80,6 +80,7 @@ def cut_windows(clip: Clip, spec: WindowSpec, starts, ref_frames) -> list[dict]:
             "motion": m[s + P:s + P + N], "prev_motion": m[s:s + P], "prev_mask": _prev_mask(P, s),
             "audio": a[s + P:s + P + N], "prev_audio": a[s:s + P],
             "ref_motion": m[P + r], "emotion": clip.emotion,
+            "_clip": clip,  # the clip itself: clip records (shards/clip_records.py) pack its rows once a batch
         })
     return windows
 
@@ -97,6 +98,12 @@ def _empty(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
 _TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.bool_): torch.bool}
 
 
+def shape_mismatch(name: str, window: dict, first: dict) -> str:
+    """The error of a batch whose windows differ in the shape of ``name`` (collate and clip records say the same)."""
+    return (f"collate: {name} of window {window['key']}@{window.get('start')} has shape "
+            f"{window[name].shape}, {first['key']} has {first[name].shape} (mixed feature widths?)")
+
+
 def collate(windows: list[dict]) -> dict:
     """Batch windows into contiguous tensors (keys of ARRAY_KEYS and INDEX_KEYS) plus "key" (a list)."""
     if not windows:
@@ -112,8 +119,7 @@ def collate(windows: list[dict]) -> dict:
         out_np = out.numpy()
         for i, w in enumerate(windows):
             if w[name].shape != first.shape:
-                raise ValueError(f"collate: {name} of window {w['key']}@{w.get('start')} has shape "
-                                 f"{w[name].shape}, {windows[0]['key']} has {first.shape} (mixed feature widths?)")
+                raise ValueError(shape_mismatch(name, w, windows[0]))
             out_np[i] = w[name]
         batch[name] = out
     for name in INDEX_KEYS:

@@ -6,6 +6,11 @@ consuming stream waits for the side stream's event before it reads the batch, an
 recorded on the consuming stream so the caching allocator does not reuse its memory early. On the CPU
 (``ahead=False``, the default there) it is a plain pass-through: each batch is moved when it is asked for.
 
+After the copy the loader's ``finish`` makes the training batch of what was copied (shards/loader.py:
+with ``cut="device"`` it cuts the windows from clip records; the identity otherwise). On CUDA it runs in
+the side stream right after the copy, so the records it reads were allocated and used on that stream only
+and may be freed when it ends; the tensors it makes are what the consuming stream waits for and records.
+
 Exact resume. Reading one batch ahead moves the loader's own position one batch past the batches the
 loop has trained on; a checkpoint must record the position of the batches handed out, so ``state_dict``
 is the loader's state taken just before the batch still held back was read.
@@ -25,6 +30,7 @@ class DeviceFeed:
 
     def __init__(self, loader, device: torch.device, ahead: bool | None = None):
         self.loader, self.device = loader, device
+        self.finish = getattr(loader, "finish", None) or (lambda batch: batch)
         self.ahead = device.type == "cuda" if ahead is None else ahead
         self.stream = torch.cuda.Stream(device) if self.ahead and device.type == "cuda" else None
         self._held_state: dict | None = None  # the loader's state before the batch held back was read
@@ -39,9 +45,9 @@ class DeviceFeed:
 
     def _copy(self, batch: dict) -> tuple[dict, object]:
         if self.stream is None:
-            return to_device(batch, self.device), None
+            return self.finish(to_device(batch, self.device)), None
         with torch.cuda.stream(self.stream):
-            moved = to_device(batch, self.device)
+            moved = self.finish(to_device(batch, self.device))
             ready = torch.cuda.Event()
             ready.record(self.stream)
         return moved, ready
@@ -60,7 +66,7 @@ class DeviceFeed:
         batches = iter(self.loader)
         if not self.ahead:
             for batch in batches:
-                yield to_device(batch, self.device)
+                yield self.finish(to_device(batch, self.device))
             return
         try:
             held = self._copy(next(batches))

@@ -105,6 +105,10 @@ class TrainSettings(CommonSettings):
                 "or stage-1 encoders); on; off (raw latents, as the official model; always off with --init).")
     windows_per_clip: int = opt(4, "Training windows cut from each decoded clip.", cli=False)
     shuffle_buffer: int = opt(64, "Windows in the shuffle buffer.", cli=False)
+    window_cut: str = opt("auto", "Where training windows are cut: host (the loader workers batch whole windows), "
+                                  "device (the workers ship each batch's clip rows once, audio float16 as stored, "
+                                  "and the windows are cut after the copy to the device: fewer bytes to copy) or "
+                                  "auto (device on CUDA, host on CPU). The batches are the same either way.")
     val_clips: int = opt(32, "Val clips to validate on (the first of the val split).")
     val_windows_per_clip: int = opt(2, "Windows per val clip.")
     val_batch_size: int = opt(16, "Val batch size.", cli=False)

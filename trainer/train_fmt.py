@@ -50,6 +50,15 @@ def wants_motion_normalization(mode: str, manifest: dict) -> bool:
     return mode == "on"
 
 
+def resolve_window_cut(mode: str, device: torch.device) -> str:
+    """--window-cut: "host" or "device" ("auto": device on CUDA, where the copy to the GPU is what it saves)."""
+    if mode not in ("auto", "host", "device"):
+        raise TrainingError(f"--window-cut must be auto, host or device, got {mode!r}")
+    if mode == "auto":
+        return "device" if device.type == "cuda" else "host"
+    return mode
+
+
 def init_from_official(model: FloatMotionModel, state: dict[str, Tensor], path: str, log: RunLogger) -> None:
     """Load fmt.* and audio_encoder.audio_projection.* of an official float.pth; report every key problem."""
     report = load_parts(state, {"fmt.": model.fmt,
@@ -163,6 +172,7 @@ def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rec
     setup.check_loop_options(s)
     parse_loss_weights(s.loss_weights)  # a bad value stops the run before anything is read
     device = info.device
+    window_cut = resolve_window_cut(s.window_cut, device)
     preset = s.preset or setup.default_preset(device)
     run_dir = Path(s.out or f"runs/float-{preset}")
     setup.check_out_writable(run_dir, info)
@@ -218,7 +228,7 @@ def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rec
         num_workers = setup.worker_count(s, device)
         spec = WindowSpec.from_config(cfg, s.windows_per_clip)
         loader = make_loader(train_urls, spec, s.batch_size, num_workers, s.seed, info.rank, info.world_size,
-                             pin_memory=device.type == "cuda", shuffle_buffer=s.shuffle_buffer,
+                             pin_memory=device.type == "cuda", cut=window_cut, shuffle_buffer=s.shuffle_buffer,
                              motion_dim=cfg.dim_w, audio_dim=cfg.audio_input_dim, **mix)
         if stream_state is not None:
             # Not strict: other workers/settings restart the stream with a new salt (logged by the loader).
@@ -228,7 +238,7 @@ def prepare(s: TrainSettings, info: DistInfo, loss_fn: Callable[..., dict] = rec
         resolved = {"preset": preset, "device": str(device), "world_size": info.world_size, "lr": schedule["lr"],
                     "lr_scaling": setup.describe_lr_scaling(s, info, resumed), "warmup": schedule["warmup"],
                     "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-                    "grad_scaler": use_scaler, "num_workers": num_workers,
+                    "grad_scaler": use_scaler, "num_workers": num_workers, "window_cut": window_cut,
                     "global_batch": s.batch_size * s.grad_accum * info.world_size,
                     "parameters": count_parameters(model), "train_shards": len(train_urls),
                     "data_mix": {r.location: r.weight for r in sets.roots} if mix else None,
