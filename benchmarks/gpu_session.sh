@@ -3,7 +3,8 @@
 #     bash benchmarks/gpu_session.sh
 # 1. preflight (seconds): the Python (PY, else .venv/bin/python, else python3) sees CUDA, names the card, and
 #    imports every package the runs need; a missing one is named and the session stops there.
-# 2. pytest -m cuda -v (tests/test_cuda.py and the fast sampling's tests/test_fast_sampling.py), within
+# 2. pytest -m cuda -v (tests/test_cuda.py, the fast sampling's tests/test_fast_sampling.py and the device cut's
+#    tests/test_device_cut.py), within
 #    CUDA_TESTS_TIMEOUT seconds (default 210).
 # 3. benchmarks/gpu.py (make bench-gpu), within BENCH_TIMEOUT seconds (default 330). Its rows print as they
 #    are measured, so a run cut short still leaves the figures it reached.
@@ -73,7 +74,7 @@ if [ $status -ne 0 ]; then say "preflight failed (exit $status): nothing run"; e
 say "part 1: pytest -m cuda -v (timeout ${CUDA_TESTS_TIMEOUT} s)"
 # -v rather than -q: each test's result is printed as it ends, so a part cut short still says which passed.
 timeout --signal=TERM --kill-after=10 "$CUDA_TESTS_TIMEOUT" "$PY" -m pytest -m cuda -v -p no:cacheprovider \
-    --durations=0 tests/test_cuda.py tests/test_fast_sampling.py 2>&1 | tee -a "$LOG"
+    --durations=0 tests/test_cuda.py tests/test_fast_sampling.py tests/test_device_cut.py 2>&1 | tee -a "$LOG"
 tests_status=$?
 say "part 1 exit $tests_status"
 

@@ -170,7 +170,8 @@ def test_bad_cut_and_a_stream_with_its_own_collate_are_refused(shard_dir):
         pack_records([window])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 def test_the_cut_on_cuda_reads_nothing_back_to_the_host(shard_dir):
     loader = _loader(shard_dir, "device", pin_memory=True)
     records = list(itertools.islice(iter(loader), 3))
