@@ -60,7 +60,7 @@ class CommonSettings:
     deterministic: bool = opt(False, "Deterministic kernels: a resumed run matches an uninterrupted one.",
                               "--deterministic")
     device: str = opt("auto", "auto, cpu or cuda.")
-    num_workers: int = opt(-1, "DataLoader workers per process (-1: 0 on CPU, up to 4 per GPU).")
+    num_workers: int = opt(-1, "DataLoader workers per process (-1: 0 on CPU, up to 8 per GPU).")
     seed: int = opt(0, "Seed of the weights, the data stream and every random draw of a step.")
     log_step: int = opt(100, "Log losses, lr, grad norm and throughput every N steps.")
     val_step: int = opt(1000, "Validate every N steps (0: never).")
