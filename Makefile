@@ -49,8 +49,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,faces,app]'
 	touch $(STAMP)
 
+# The suite's files spread over TEST_WORKERS processes (pytest-xdist; a file's tests stay together, so its
+# module fixtures are built once): 5.5 min instead of 9 on a 2-core machine.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 shards: install
 	$(FLOATCTL) shards $(SHARD_ARGS)
