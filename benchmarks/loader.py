@@ -98,6 +98,14 @@ def print_cut_comparison(best: dict[str, dict]) -> None:
               f"a batch from the workers ({r['bytes_per_batch'] / host['bytes_per_batch']:.2f}x host)")
 
 
+def local_http_verdict(rates: dict[str, float], note: str = "2x") -> None:
+    """Print local disk / local HTTP of ``rates`` ("local disk", "http 127.0.0.1") and exit 1 past 2x."""
+    ratio = rates["local disk"] / rates["http 127.0.0.1"]
+    print(f"  local / http = {ratio:.2f}x ({'within' if ratio <= 2.0 else 'NOT within'} {note})")
+    if ratio > 2.0:
+        sys.exit(1)
+
+
 def add_shard_options(parser: argparse.ArgumentParser, batches: int) -> None:
     """The size of the synthetic shard set and of the batches, shared by the loader benchmarks."""
     parser.add_argument("--clips", type=int, default=48)
