@@ -13,6 +13,9 @@ not yet run on one when this was written), in this order:
            CUDA, 50 frames a decoder pass, mp4 encoded during decoding) against the old settings (fp32 decoder,
            16 frames a pass, mp4 after decoding) in the same process; its decoding frames/s (decoder + mp4),
            and the decoder alone at 512 px in fp32 and bf16.
+Both real training runs get one more logged window after the timed ones, whose first steps are recorded with
+torch.profiler (`--profile-steps`, trainer/step_profiler.py; that window is left out of the figures): the
+profile rows give the device's busy share and the top operators, and --profile-out keeps the files.
 It prints samples/s, the share of time waiting for data (as the trainers log data_wait_fraction), peak
 memory (torch.cuda.max_memory_allocated), MFU against the card's dense bf16 peak (table below; the FMT's
 FLOPs are 6 * parameters * tokens, stage 1's are counted by torch.utils.flop_counter) and names the card.
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -56,11 +60,11 @@ MOTION_TODAY = 93.0  # pairs/s at 512 px, batch 32, bf16, measured on an H200 (i
 # The rows printed, in order; the test checks each one is there with a figure.
 # Stage 1 goes first: it compiles nothing, so its figures are in even if the FMT's compilation runs long.
 ROWS = ("card", "stage 1 real train-motion", "stage 1 bare step", "stage 1 real / bare", "stage 1 batch fit",
-        "FMT real train",
-        "FMT bare step", "FMT real / bare", "FMT loader alone", "FMT loader / real", "sample end to end",
-        "sample old settings", "sample decoding", "decoder alone")
+        "stage 1 profile", "FMT real train", "FMT bare step", "FMT real / bare", "FMT loader alone",
+        "FMT loader / real", "FMT profile", "sample end to end", "sample old settings", "sample decoding",
+        "decoder alone")
 # The parts of a run (--only), each with its rows: a part that fails marks its rows FAILED and the next runs.
-SECTIONS = {"motion": ROWS[1:5], "fmt": ROWS[5:10], "sample": ROWS[10:]}
+SECTIONS = {"motion": ROWS[1:6], "fmt": ROWS[6:12], "sample": ROWS[12:]}
 
 
 def bf16_peak(name: str) -> float | None:
@@ -124,7 +128,36 @@ def fmt_rows(table: Table, work: Path, sizes: gpu_rows.Sizes, device: torch.devi
              if more > real["workers"] else "")
     table.add("FMT loader alone", f"{alone:.1f} windows/s ({real['workers']} workers, as the real run{extra})")
     table.add("FMT loader / real", f"{alone / real['samples_per_s']:.2f}x", ">= 1.2x", alone >= 1.2 * real["samples_per_s"])
+    table.add("FMT profile", profile_text(real["profile"]))
+    keep_profile(work / "run-fmt", "fmt", trace=True)
     return real["checkpoint"]
+
+
+PROFILE_OUT: Path | None = None  # --profile-out: where the real runs' profiles are copied
+
+
+def profile_text(summary: dict | None) -> str:
+    """The real run's --profile-steps window in a line: its steps, wall time, the device's busy share, top ops."""
+    if summary is None:
+        return "no profile written (see the run's log)"
+    first, last = summary["steps"]
+    busy = summary["device_busy_share"]
+    share = (f"device busy {100 * busy:.0f} % of it" if busy is not None else
+             "no device timeline" + (" (CPU)" if summary["device"] == "cpu" else " recorded"))
+    total = sum(op["self_ms"] for op in summary["top_ops"]) or 1.0
+    ops = ", ".join(f"{op['name']} {100 * op['self_ms'] / total:.0f} %" for op in summary["top_ops"][:4])
+    return f"steps {first}-{last} of the real run: {summary['wall_s']:.2f} s, {share}; top own time: {ops}"
+
+
+def keep_profile(run_dir: Path, name: str, trace: bool) -> None:
+    """Copy the run's profile files to --profile-out as <name>_profile_<file> (a flat folder: $OUT's limits)."""
+    if PROFILE_OUT is None:
+        return
+    PROFILE_OUT.mkdir(parents=True, exist_ok=True)
+    for file in ("ops.txt", "summary.json") + (("trace.json.gz",) if trace else ()):
+        source = run_dir / "profile" / file
+        if source.is_file():
+            shutil.copyfile(source, PROFILE_OUT / f"{name}_profile_{file}")
 
 
 def motion_rows(table: Table, work: Path, sizes: gpu_rows.Sizes, device: torch.device, peak: float | None,
@@ -144,6 +177,8 @@ def motion_rows(table: Table, work: Path, sizes: gpu_rows.Sizes, device: torch.d
               f"{mfu(bare['pairs_per_s'] * per_pair, peak)}")
     table.add("stage 1 real / bare", f"{real['pairs_per_s'] / bare['pairs_per_s']:.2f}x")
     table.add("stage 1 batch fit", batch_fit_text(gpu_rows.motion_batch_fit(cfg, sizes, device), sizes))
+    table.add("stage 1 profile", profile_text(real["profile"]))
+    keep_profile(work / "run-motion", "motion", trace=False)
 
 
 def batch_fit_text(fit: dict, sizes: gpu_rows.Sizes) -> str:
@@ -209,7 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", type=sections, default=list(SECTIONS),
                    help="the parts to run, comma-separated: motion, fmt, sample (sample needs fmt's checkpoint)")
     p.add_argument("--bare-steps", type=int, default=None, help="timed bare steps [default: 20, smoke 2]")
+    p.add_argument("--profile-out", type=Path, default=None,
+                   help="copy the real runs' torch.profiler files here (FMT: top ops, summary, trace; stage 1: "
+                        "top ops, summary)")
     args = p.parse_args(argv)
+    global PROFILE_OUT
+    PROFILE_OUT = args.profile_out
     device = torch.device(args.device)
     if device.type != "cuda" and not args.smoke:
         print("benchmarks/gpu.py measures a CUDA GPU and none is available here: nothing measured. "

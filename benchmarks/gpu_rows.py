@@ -113,13 +113,21 @@ def quiet_run(fn, *args, **kwargs):
         raise
 
 
-def logged_windows(run_dir: Path) -> list[dict]:
-    """The trainer's logged train windows after the first (which holds compilation and start-up)."""
+def logged_windows(run_dir: Path, profiled: bool = False) -> list[dict]:
+    """The trainer's logged train windows after the first (which holds compilation and start-up), and before the
+    last when ``profiled`` (the profiler slows the steps it records)."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [r for r in rows if r.get("split") == "train" and "samples_per_s" in r]
+    train = train[:-1] if profiled else train
     if len(train) < 2:
         raise RuntimeError(f"{run_dir}/metrics.jsonl: {len(train)} train window(s) logged, need at least 2")
     return train[1:]
+
+
+def profile_window(sizes_log_step: int, windows: int) -> tuple[int, str]:
+    """(steps in all, --profile-steps): one more logged window after the timed ones, its first steps profiled."""
+    first = sizes_log_step * windows
+    return first + sizes_log_step, f"{first}:{first + min(5, sizes_log_step)}"
 
 
 # ---------------------------------------------------------------- data
@@ -190,22 +198,28 @@ def real_fmt(shards: Path, out: Path, sizes: Sizes, device: torch.device) -> dic
     from trainer.settings import TrainSettings
     from trainer.train_fmt import train
 
-    steps = sizes.fmt_log_step * sizes.fmt_windows
+    steps, profile = profile_window(sizes.fmt_log_step, sizes.fmt_windows)
     settings = TrainSettings(data_root=str(shards), out=str(out), preset=sizes.fmt_preset,
                              overrides=dict(sizes.fmt_overrides), steps=steps, batch_size=sizes.fmt_batch,
                              compile=sizes.compile, device=device.type, log_step=sizes.fmt_log_step, val_step=0,
-                             sample_step=0, progress=False)
+                             sample_step=0, progress=False, profile_steps=profile)
     reset_peak(device)
     t0 = time.perf_counter()
     result = quiet_run(train, settings)
     wall = time.perf_counter() - t0
-    windows = logged_windows(out)
+    windows = logged_windows(out, profiled=True)
     config = json.loads((out / "config.json").read_text())["resolved"]
     return {"samples_per_s": float(np.mean([w["samples_per_s"] for w in windows])),
             "data_wait": float(np.mean([w["data_wait_fraction"] for w in windows])),
             "peak_gib": peak_gib(device), "wall_s": wall, "steps": steps, "workers": config["num_workers"],
             "parameters": config["parameters"], "precision": config["precision"],
-            "checkpoint": result.final_checkpoint}
+            "checkpoint": result.final_checkpoint, "profile": profile_summary(out)}
+
+
+def profile_summary(run_dir: Path) -> dict | None:
+    """The run's --profile-steps summary (trainer/step_profiler.py), or None when none was written."""
+    path = run_dir / "profile" / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def bare_fmt(cfg: FloatConfig, sizes: Sizes, device: torch.device, steps: int, warmup: int = 3) -> dict:
@@ -278,15 +292,16 @@ def real_motion(crops: Path, out: Path, sizes: Sizes, device: torch.device) -> d
     from trainer.settings import MotionSettings
     from trainer.train_motion import train
 
-    steps = sizes.motion_log_step * sizes.motion_windows
+    steps, profile = profile_window(sizes.motion_log_step, sizes.motion_windows)
     settings = MotionSettings(data_root=str(crops), out=str(out), preset=sizes.motion_preset, steps=steps,
                               batch_size=sizes.motion_batch, device=device.type, log_step=sizes.motion_log_step,
-                              val_step=0, sample_step=0, progress=False)
+                              val_step=0, sample_step=0, progress=False, profile_steps=profile)
     reset_peak(device)
     quiet_run(train, settings)
-    windows = logged_windows(out)
+    windows = logged_windows(out, profiled=True)
     return {"pairs_per_s": float(np.mean([w["samples_per_s"] for w in windows])),
-            "data_wait": float(np.mean([w["data_wait_fraction"] for w in windows])), "peak_gib": peak_gib(device)}
+            "data_wait": float(np.mean([w["data_wait_fraction"] for w in windows])), "peak_gib": peak_gib(device),
+            "profile": profile_summary(out)}
 
 
 def bare_motion(cfg: FloatConfig, sizes: Sizes, device: torch.device, steps: int, warmup: int = 2) -> dict:

@@ -9,7 +9,9 @@
 # 3. benchmarks/gpu.py (make bench-gpu), within BENCH_TIMEOUT seconds (default 330). Its rows print as they
 #    are measured, so a run cut short still leaves the figures it reached.
 # Both parts run whatever the other's result. Everything is teed to $OUT/gpu_session.log when OUT is set
-# (a device machine's output folder), with the benchmark's table alone in $OUT/bench_gpu.md.
+# (a device machine's output folder), with the benchmark's table alone in $OUT/bench_gpu.md and the real runs'
+# torch.profiler files beside it (fmt_profile_{ops.txt,summary.json,trace.json.gz}, motion_profile_{ops.txt,
+# summary.json}): 7 files, within a device run's 8.
 # Packages the machine lacks travel as wheels (git-ignored; name the folder in the run's carry) and are
 # installed into /tmp/site first. The H200 image (python 3.12) lacks PyAV, braceexpand and webdataset; fetch
 # them here, once, before the session (about 40 MB) with the workplace's script, which fills .device/wheels:
@@ -81,7 +83,9 @@ say "part 1 exit $tests_status"
 say "part 2: benchmarks/gpu.py ${BENCH_ARGS:-} (timeout ${BENCH_TIMEOUT} s)"
 bench_text=$(mktemp)
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
-timeout --signal=TERM --kill-after=10 "$BENCH_TIMEOUT" "$PY" benchmarks/gpu.py ${BENCH_ARGS:-} 2>&1 \
+profile_out=()
+if [ -n "${OUT:-}" ]; then profile_out=(--profile-out "$OUT"); fi  # the real runs' profiles, flat in $OUT
+timeout --signal=TERM --kill-after=10 "$BENCH_TIMEOUT" "$PY" benchmarks/gpu.py ${BENCH_ARGS:-} "${profile_out[@]}" 2>&1 \
     | tee -a "$LOG" "$bench_text"
 bench_status=$?
 if [ -n "${OUT:-}" ]; then grep '^|' "$bench_text" > "$OUT/bench_gpu.md"; fi

@@ -73,6 +73,12 @@ def test_session_runs_the_cuda_tests_then_the_smoke_benchmark_with_every_row_and
     assert "1.5x 93" in rows["stage 1 real train-motion"][1] and "< 2 s" in rows["sample end to end"][1]
     assert ">= 600 frames/s" in rows["sample decoding"][1]
     assert "met]" not in log
+    # The real runs' profiled window: its steps after the timed windows, the top operators, the files in $OUT.
+    assert re.search(r"steps \d+-\d+ of the real run: .*top own time: .*aten::\w+ \d+ %", rows["FMT profile"][0])
+    assert "no device timeline (CPU)" in rows["stage 1 profile"][0]
+    kept = sorted(p.name for p in out.iterdir() if "_profile_" in p.name)
+    assert kept == ["fmt_profile_ops.txt", "fmt_profile_summary.json", "fmt_profile_trace.json.gz",
+                    "motion_profile_ops.txt", "motion_profile_summary.json"]
 
 
 def test_session_without_a_gpu_stops_at_the_preflight_naming_why(tmp_path):

@@ -43,6 +43,7 @@ from trainer.device_step import StepTally, check_nonfinite, optimizer_step
 from trainer.distributed import all_reduce_max, all_reduce_mean, barrier
 from trainer.run import Run, StopFlag, gather_stream_states, step_seed, to_device
 from trainer.schedule import ema_decay_at, lr_at
+from trainer.step_profiler import StepProfiler, parse_profile_steps
 
 
 @dataclass
@@ -233,6 +234,7 @@ def run_loop(run: Run, stage) -> TrainResult:
         check_nonfinite(run, tally, at)  # never a checkpoint past --max-nonfinite bad steps in a row
         return save(run, stage, at, final=final, stream=stream or feed.state_dict())
 
+    profiler = StepProfiler(parse_profile_steps(s.profile_steps), run.run_dir, run.device, info.is_main, log.info)
     stop = StopFlag()
     stop.install()
     try:
@@ -245,6 +247,7 @@ def run_loop(run: Run, stage) -> TrainResult:
                 best_checkpoint = save_best(run, stage, 0, feed.state_dict())
         run.train_model.train()
         while step < s.steps:
+            profiler.before(step)
             stream_before = feed.state_dict()
             set_lr(run, step)
             try:
@@ -262,6 +265,7 @@ def run_loop(run: Run, stage) -> TrainResult:
             tally.add(losses, grad_norm, counted_bad, extra)
             step += 1
             window["steps"] += 1
+            profiler.after(step)
             stop_now = _stop_asked(run, stop)
 
             if s.log_step > 0 and (step % s.log_step == 0 or step == s.steps):
@@ -304,6 +308,7 @@ def run_loop(run: Run, stage) -> TrainResult:
     except StorageError as e:
         raise StorageError(storage_stop_message(run, step, e)) from None
     finally:
+        profiler.close()
         stop.restore()
         log.close()
     return TrainResult(run.run_dir, step, final_path, stopped_by, run.counters["nonfinite"], last_val, run.model,

@@ -35,6 +35,7 @@ from trainer.ema import EMA
 from trainer.errors import TrainingError
 from trainer.logging import RunLogger
 from trainer.schedule import LR_SCALINGS, PAPER_BATCH, SCHEDULES, lr_batch_factor
+from trainer.step_profiler import parse_profile_steps
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # What a checkpoint holds: an FMT run (older checkpoints have no kind) or a stage-1 auto-encoder run.
@@ -107,6 +108,10 @@ def check_loop_options(s) -> None:
         raise TrainingError("--steps, --batch-size and --grad-accum must be at least 1")
     if s.lr_scaling not in LR_SCALINGS:
         raise TrainingError(f"--lr-scaling {s.lr_scaling!r}: choose one of {', '.join(LR_SCALINGS)}")
+    try:
+        parse_profile_steps(s.profile_steps)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
 
 
 def resolve_channels_last(choice: bool | None, device: torch.device) -> bool:

@@ -78,6 +78,8 @@ class CommonSettings:
                              "row (0: never); the best checkpoint is kept as best_step_N.pt and named.")
     wandb: bool = opt(False, "Also log to Weights & Biases (optional package; offline unless WANDB_MODE is set).",
                       "--wandb")
+    profile_steps: Optional[str] = opt(None, "Record steps A+1 to B with torch.profiler (A:B, e.g. 20:25): top "
+                                             "operators, the device's busy share and a Chrome trace in <run>/profile/.")
     accept_damaged_shards: bool = opt(
         False, "Train on a local shard folder although some shards differ from its manifest (cut short, "
                "replaced): the clips lost are counted and printed. Without it such a folder is refused at start-up.",
