@@ -108,7 +108,7 @@ class Table:
 
 
 def fmt_rows(table: Table, work: Path, sizes: gpu_rows.Sizes, device: torch.device, peak: float | None,
-             bare_steps: int) -> Path:
+             bare_steps: int, profile_out: Path | None) -> Path:
     shards = work / "latents"
     cfg = gpu_rows.make_latent_shards(shards, sizes)
     real = gpu_rows.real_fmt(shards, work / "run-fmt", sizes, device)
@@ -129,11 +129,8 @@ def fmt_rows(table: Table, work: Path, sizes: gpu_rows.Sizes, device: torch.devi
     table.add("FMT loader alone", f"{alone:.1f} windows/s ({real['workers']} workers, as the real run{extra})")
     table.add("FMT loader / real", f"{alone / real['samples_per_s']:.2f}x", ">= 1.2x", alone >= 1.2 * real["samples_per_s"])
     table.add("FMT profile", profile_text(real["profile"]))
-    keep_profile(work / "run-fmt", "fmt", trace=True)
+    keep_profile(work / "run-fmt", "fmt", profile_out, trace=True)
     return real["checkpoint"]
-
-
-PROFILE_OUT: Path | None = None  # --profile-out: where the real runs' profiles are copied
 
 
 def profile_text(summary: dict | None) -> str:
@@ -149,19 +146,19 @@ def profile_text(summary: dict | None) -> str:
     return f"steps {first}-{last} of the real run: {summary['wall_s']:.2f} s, {share}; top own time: {ops}"
 
 
-def keep_profile(run_dir: Path, name: str, trace: bool) -> None:
-    """Copy the run's profile files to --profile-out as <name>_profile_<file> (a flat folder: $OUT's limits)."""
-    if PROFILE_OUT is None:
+def keep_profile(run_dir: Path, name: str, out: Path | None, trace: bool) -> None:
+    """Copy the run's profile files to ``out`` (--profile-out) as <name>_profile_<file> (flat: $OUT's limits)."""
+    if out is None:
         return
-    PROFILE_OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     for file in ("ops.txt", "summary.json") + (("trace.json.gz",) if trace else ()):
         source = run_dir / "profile" / file
         if source.is_file():
-            shutil.copyfile(source, PROFILE_OUT / f"{name}_profile_{file}")
+            shutil.copyfile(source, out / f"{name}_profile_{file}")
 
 
 def motion_rows(table: Table, work: Path, sizes: gpu_rows.Sizes, device: torch.device, peak: float | None,
-                bare_steps: int) -> None:
+                bare_steps: int, profile_out: Path | None) -> None:
     crops = work / "crops"
     gpu_rows.make_crops(crops, sizes)
     cfg = gpu_rows.motion_config(sizes)
@@ -178,7 +175,7 @@ def motion_rows(table: Table, work: Path, sizes: gpu_rows.Sizes, device: torch.d
     table.add("stage 1 real / bare", f"{real['pairs_per_s'] / bare['pairs_per_s']:.2f}x")
     table.add("stage 1 batch fit", batch_fit_text(gpu_rows.motion_batch_fit(cfg, sizes, device), sizes))
     table.add("stage 1 profile", profile_text(real["profile"]))
-    keep_profile(work / "run-motion", "motion", trace=False)
+    keep_profile(work / "run-motion", "motion", profile_out, trace=False)
 
 
 def batch_fit_text(fit: dict, sizes: gpu_rows.Sizes) -> str:
@@ -248,8 +245,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="copy the real runs' torch.profiler files here (FMT: top ops, summary, trace; stage 1: "
                         "top ops, summary)")
     args = p.parse_args(argv)
-    global PROFILE_OUT
-    PROFILE_OUT = args.profile_out
     device = torch.device(args.device)
     if device.type != "cuda" and not args.smoke:
         print("benchmarks/gpu.py measures a CUDA GPU and none is available here: nothing measured. "
@@ -269,9 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         checkpoint = None
         if "motion" in args.only:
-            run_section(table, "motion", motion_rows, table, work, sizes, device, peak, bare_steps)
+            run_section(table, "motion", motion_rows, table, work, sizes, device, peak, bare_steps,
+                        args.profile_out)
         if "fmt" in args.only:
-            checkpoint = run_section(table, "fmt", fmt_rows, table, work, sizes, device, peak, bare_steps)
+            checkpoint = run_section(table, "fmt", fmt_rows, table, work, sizes, device, peak, bare_steps,
+                                     args.profile_out)
         if "sample" in args.only and checkpoint is not None:
             run_section(table, "sample", sample_rows, table, checkpoint, work, sizes, device)
         elif "sample" in args.only:

@@ -124,10 +124,10 @@ def logged_windows(run_dir: Path, profiled: bool = False) -> list[dict]:
     return train[1:]
 
 
-def profile_window(sizes_log_step: int, windows: int) -> tuple[int, str]:
+def profile_window(log_step: int, windows: int) -> tuple[int, str]:
     """(steps in all, --profile-steps): one more logged window after the timed ones, its first steps profiled."""
-    first = sizes_log_step * windows
-    return first + sizes_log_step, f"{first}:{first + min(5, sizes_log_step)}"
+    first = log_step * windows
+    return first + log_step, f"{first}:{first + min(5, log_step)}"
 
 
 # ---------------------------------------------------------------- data

@@ -17,6 +17,7 @@ from crop_factory import make_crop_shards
 from float.discriminator import Discriminator
 from float.motion_autoencoder import MotionAutoEncoder
 from float.motion_training import prepare_for_training, to_channels_last
+from run_settings import AUDIO_DIM, DIM_W, fmt_settings, motion_settings
 from shard_factory import make_shards
 from shards.loader import make_loader
 from shards.sources import shard_urls
@@ -30,13 +31,10 @@ from trainer.ema import EMA
 from trainer.errors import TrainingError
 from trainer.run import make_optimizer
 from trainer.schedule import lr_batch_factor
-from trainer.settings import MotionSettings, TrainSettings
 from trainer.train_fmt import train
 from trainer.train_motion import train as train_motion
 
 REPO = Path(__file__).resolve().parents[1]
-DIM_W, AUDIO_DIM = 16, 12
-TINY = {"dim_w": DIM_W, "dim_a": 16, "dim_h": 32, "depth": 1, "num_heads": 2}
 
 
 @pytest.fixture(autouse=True)
@@ -56,18 +54,6 @@ def crops(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("crops")
     make_crop_shards(folder, {"train": 4, "val": 0}, frames=8, size=32, seed=0)
     return folder
-
-
-def fmt_settings(shards: Path, out: Path, **changes) -> TrainSettings:
-    base = dict(data_root=str(shards), out=str(out), preset="tiny", overrides=dict(TINY), steps=6, batch_size=2,
-                lr=1e-3, log_step=3, val_step=0, sample_step=0, save_step=0, progress=False, tensorboard=False)
-    return TrainSettings(**(base | changes))
-
-
-def motion_settings(crops: Path, out: Path, **changes) -> MotionSettings:
-    base = dict(data_root=str(crops), out=str(out), preset="tiny", steps=4, batch_size=2, log_step=2, val_step=0,
-                sample_step=0, save_step=0, progress=False, tensorboard=False, pairs_per_clip=2)
-    return MotionSettings(**(base | changes))
 
 
 # ---------------------------------------------------------------- the device-side skip
